@@ -1,0 +1,47 @@
+"""``python -m bench``: the command-line interface.
+
+Each module in ``bench/commands/`` adds one subcommand through ``register(subparsers)`` and sets
+``func`` on its parser; user errors (``BenchError``) print one message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from bench import __version__, commands
+from bench.console import err_console
+from bench.errors import BenchError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="MicroSSL-Bench: which self-supervised pretraining to use with few labeled "
+        "micrographs. Pretrain, fine-tune with 1..N labeled images, evaluate, publish.",
+    )
+    parser.add_argument("--version", action="version", version=f"microssl-bench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        importlib.import_module(f"bench.commands.{info.name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BenchError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]: results stored so far are kept")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

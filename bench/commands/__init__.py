@@ -1,0 +1,1 @@
+"""Subcommands of ``python -m bench``; one module each, discovered by ``bench.cli``."""

@@ -1,0 +1,58 @@
+"""Arguments shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from bench.profiles import PROFILES
+
+
+def add_data_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", help="prepared data root (default: $BENCH_DATA_ROOT, else datasets/)")
+
+
+def add_store(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", help="results store URL (default: $BENCH_STORE, else sqlite:///results/bench.sqlite)")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options of anything that executes runs (run, sweep, worker, tune)."""
+    add_data_root(parser)
+    add_store(parser)
+    parser.add_argument("--profile", default="quick", choices=list(PROFILES),
+                        help="run size (default: quick)")
+    parser.add_argument("--init", choices=["random", "imagenet"],
+                        help="encoder initialisation before pretraining (default: the profile's; baselines fix theirs)")
+    parser.add_argument("--split", help="dataset split, e.g. fold0..fold5 for metaldam (default: the card's)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--cache-dir", help="pretraining cache (default: $BENCH_CACHE_DIR, else results/cache)")
+    parser.add_argument("--compile", default="off", choices=["auto", "on", "off"],
+                        help="torch.compile the pretraining step (default: off)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="method hyperparameter override, repeatable (see `bench methods -v`)")
+    parser.add_argument("--arch", choices=["unetplusplus", "unet"], help="segmentation architecture")
+    parser.add_argument("--encoder", choices=["resnet18", "resnet34", "resnet50"], help="encoder")
+    parser.add_argument("--steps", type=int, help="fine-tuning optimizer steps")
+    parser.add_argument("--batch-size", type=int, help="fine-tuning batch size")
+    parser.add_argument("--crop", type=int, help="fine-tuning crop size")
+    parser.add_argument("--lr", type=float, help="fine-tuning learning rate")
+    parser.add_argument("--eval-every", type=int, help="evaluate every N steps")
+    parser.add_argument("--tile", type=int, help="sliding-window inference tile (0: whole image)")
+
+
+def finetune_overrides(args: argparse.Namespace) -> dict[str, object]:
+    keys = ("arch", "encoder", "steps", "batch_size", "crop", "lr", "eval_every", "tile")
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+
+
+def parse_params(pairs: list[str]) -> dict[str, str]:
+    from bench.errors import BenchError
+
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BenchError(f"--param takes KEY=VALUE, got '{pair}'")
+        params[key.strip()] = value.strip()
+    return params

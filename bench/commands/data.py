@@ -1,0 +1,71 @@
+"""``bench data list|fetch|check``: dataset cards, downloads and verification of a prepared root."""
+
+from __future__ import annotations
+
+import argparse
+
+from bench.commands._common import add_data_root
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="list, fetch or check datasets", description=__doc__)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ls = actions.add_parser("list", help="the dataset cards and whether their data is present")
+    add_data_root(ls)
+    ls.set_defaults(func=list_main)
+    fetch = actions.add_parser("fetch", help="download the upstream files, verify and convert them")
+    fetch.add_argument("name", help="dataset card name")
+    fetch.add_argument("--base-url", help="fetch from this mirror instead of the upstream hosts")
+    add_data_root(fetch)
+    fetch.set_defaults(func=fetch_main)
+    check = actions.add_parser("check", help="verify a prepared dataset and report what is wrong")
+    check.add_argument("name", help="dataset card name")
+    add_data_root(check)
+    check.set_defaults(func=check_main)
+
+
+def list_main(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from bench.cards import available_cards, load_card
+    from bench.console import console
+    from bench.data import resolve_data_root
+
+    root = resolve_data_root(args.data_root)
+    table = Table(title=f"Datasets (data root: {root})")
+    for col in ("name", "title", "classes", "splits", "variants", "present"):
+        table.add_column(col)
+    for name in available_cards():
+        card = load_card(name)
+        present = "generated" if card.generator else ("yes" if (root / card.root).is_dir() else "no")
+        table.add_row(name, card.title, ", ".join(card.class_names), ", ".join(card.splits) or "–",
+                      ", ".join(card.raw.get("variants", {})) or "–", present)
+    console.print(table)
+    return 0
+
+
+def fetch_main(args: argparse.Namespace) -> int:
+    from bench.cards import load_card
+    from bench.console import console
+    from bench.data import resolve_data_root
+    from bench.fetch import fetch_dataset
+
+    target = fetch_dataset(load_card(args.name), resolve_data_root(args.data_root), base_url=args.base_url)
+    console.print(f"[green]fetched[/] {args.name} into {target}")
+    return 0
+
+
+def check_main(args: argparse.Namespace) -> int:
+    from bench.cards import load_card
+    from bench.check import check_dataset
+    from bench.console import console
+    from bench.data import resolve_data_root
+
+    problems = check_dataset(load_card(args.name), resolve_data_root(args.data_root))
+    for problem in problems:
+        console.print(f"[red]✗[/] {problem}", highlight=False)
+    if problems:
+        console.print(f"{len(problems)} problem(s) in {args.name}")
+        return 1
+    console.print(f"[green]✓[/] {args.name}: all files present and consistent")
+    return 0

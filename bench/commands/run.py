@@ -1,0 +1,45 @@
+"""``bench run``: pretrain (cached) → few-shot fine-tune → evaluate → store, for K draws."""
+
+from __future__ import annotations
+
+import argparse
+
+from bench.commands._common import add_run_options, finetune_overrides, parse_params
+from bench.console import console
+from bench.errors import BenchError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="one method on one dataset: pretrain, fine-tune with N shots, evaluate, store",
+                       description=__doc__)
+    p.add_argument("--method", default="matssl", help="method name (see `bench methods`; default: matssl)")
+    p.add_argument("--dataset", default="metaldam", help="dataset card, e.g. metaldam, ebc1, ebc1:binary (default: metaldam)")
+    p.add_argument("--shots", default="1", help="labeled images: a number, a comma list (1,2,4) or 'all' (default: 1)")
+    p.add_argument("--draws", type=int, default=1, help="seeded draws of the shots (default: 1)")
+    p.add_argument("--force", action="store_true", help="redo runs whose config already succeeded")
+    add_run_options(p)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench.runner import RunSpec, make_env, print_outcomes, run_one
+
+    if args.draws < 1:
+        raise BenchError("--draws must be ≥ 1")
+    env = make_env(args.data_root, args.store, args.device, args.cache_dir, args.force, args.compile)
+    params, overrides = parse_params(args.param), finetune_overrides(args)
+    outcomes = []
+    try:
+        for shots in [s.strip() for s in args.shots.split(",") if s.strip()]:
+            for draw in range(args.draws):
+                spec = RunSpec(method=args.method, dataset=args.dataset, split=args.split, shots=shots,
+                               draw=draw, profile=args.profile, init=args.init, seed=args.seed,
+                               params=params, finetune=overrides)
+                outcome = run_one(spec, env)
+                if outcome.status == "skipped":
+                    console.print(f"[dim]skipped {args.method} {shots}-shot draw {draw}: already in the "
+                                  f"store (run {outcome.run_id}); --force to redo[/]")
+                outcomes.append(outcome)
+    finally:
+        print_outcomes(outcomes)
+    return 0

@@ -1,0 +1,117 @@
+"""The interface every method implements: produce the encoder weights fine-tuning starts from."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from bench.cards import DatasetCard
+from bench.data import LabeledImage
+from bench.errors import BenchError
+
+EncoderState = dict[str, torch.Tensor]
+
+
+@dataclass
+class EncoderContext:
+    """What a method may use to build its encoder weights for one run."""
+
+    card: DatasetCard
+    data_root: Path
+    encoder: str
+    init: str
+    profile: str
+    seed: int
+    device: torch.device
+    cache_dir: Path
+    shots: list[LabeledImage] = field(default_factory=list)
+    draw: int = 0
+    compile: str = "off"
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A method without tunable hyperparameters."""
+
+
+class Method(ABC):
+    """Base class: subclasses set ``name``, ``description`` and implement ``encoder_state``.
+
+    ``kind`` is ``supervised`` for baselines (no pretraining) and ``ssl`` for pretraining methods.
+    ``uses_labels`` marks methods whose pretraining sees the labeled shots (their cache key then
+    includes the draw). ``Params`` is a dataclass of the method's hyperparameters.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    kind: ClassVar[str] = "ssl"
+    uses_labels: ClassVar[bool] = False
+    fixed_init: ClassVar[str | None] = None
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        self.params = build_params(self.Params, params or {}, self.name)
+
+    def init_for(self, requested: str) -> str:
+        """The encoder initialisation actually used (baselines fix theirs)."""
+        return self.fixed_init or requested
+
+    def params_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.params)
+
+    def pretrain_config(self, ctx: EncoderContext) -> dict[str, Any] | None:
+        """Everything that determines this method's pretraining, or None without pretraining."""
+        return None
+
+    @abstractmethod
+    def encoder_state(self, ctx: EncoderContext) -> EncoderState | None:
+        """Weights for the segmentation encoder (smp key names), or None for random init."""
+
+
+def build_params(params_cls: type, values: dict[str, Any], method: str) -> Any:
+    """Instantiate a method's params dataclass, with a clear error for unknown/ill-typed values."""
+    known = {f.name: f for f in dataclasses.fields(params_cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise BenchError(
+            f"method '{method}' has no parameter(s) {', '.join(unknown)}; "
+            f"parameters: {', '.join(known) or 'none'}"
+        )
+    converted = {}
+    for key, value in values.items():
+        default = getattr(params_cls(), key)
+        try:
+            converted[key] = _coerce(value, type(default))
+        except (TypeError, ValueError):
+            raise BenchError(
+                f"method '{method}': parameter {key}={value!r} is not a {type(default).__name__}"
+            ) from None
+    return params_cls(**converted)
+
+
+def _coerce(value: Any, target: type) -> Any:
+    if target is bool and isinstance(value, str):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(value)
+    if target in (int, float, str, bool):
+        return target(value)
+    return value
+
+
+def initial_encoder_state(encoder: str, init: str) -> EncoderState | None:
+    """The weights every method in a comparison starts from: ``random`` (None) or ``imagenet``."""
+    if init == "random":
+        return None
+    if init == "imagenet":
+        from bench.weights import load_imagenet_state_dict
+
+        return load_imagenet_state_dict(encoder)
+    raise BenchError(f"unknown --init '{init}'; choose 'random' or 'imagenet'")

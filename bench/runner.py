@@ -1,0 +1,322 @@
+"""One benchmark run: method → encoder weights → few-shot fine-tune → evaluation → results store.
+
+``RunSpec`` names a grid point (method, dataset, split, shots, draw, profile...). ``run_one``
+executes it against a ``RunEnv`` (data root, store, device, caches) and records it; a grid point
+whose config hash already succeeded is skipped unless ``force``. Sweeps call ``run_one`` per trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.cards import DatasetCard, load_card
+from bench.console import console
+from bench.data import LabeledImage, load_labeled, resolve_data_root
+from bench.errors import BenchError
+from bench.finetune import FinetuneResult, TrainingDiverged, build_segmenter, finetune
+from bench.method import EncoderContext, Method
+from bench.metrics import Summary
+from bench.profiles import FinetuneConfig, finetune_config, get_profile
+from bench.protocol import Partition, draw_shots, parse_shots, partition
+from bench.registry import get_method
+from bench.store import (
+    MetricRow,
+    NewRun,
+    ResultStore,
+    collect_versions,
+    config_hash,
+    git_commit,
+)
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One grid point."""
+
+    method: str
+    dataset: str = "metaldam"
+    split: str | None = None
+    shots: str = "1"
+    draw: int = 0
+    profile: str = "quick"
+    init: str | None = None
+    seed: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunEnv:
+    """Where runs read data, write results and compute."""
+
+    data_root: Path
+    store: ResultStore
+    device: torch.device
+    cache_dir: Path
+    force: bool = False
+    compile: str = "off"
+    _datasets: dict[tuple[str, str], "LoadedSplit"] = field(default_factory=dict)
+
+    def split_data(self, card: DatasetCard, split: str) -> "LoadedSplit":
+        key = (card.full_name, split)
+        if key not in self._datasets:
+            part = partition(card, self.data_root, split)
+            self._datasets[key] = LoadedSplit(
+                part,
+                load_labeled(card, self.data_root, part.val),
+                load_labeled(card, self.data_root, part.test),
+            )
+        return self._datasets[key]
+
+
+@dataclass
+class LoadedSplit:
+    partition: Partition
+    val: list[LabeledImage]
+    test: list[LabeledImage]
+
+
+@dataclass
+class RunOutcome:
+    spec: RunSpec
+    status: str
+    config_hash: str
+    run_id: int | None
+    scores: dict[str, float]
+    error: str | None = None
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+@dataclass
+class PreparedRun:
+    spec: RunSpec
+    card: DatasetCard
+    method: Method
+    cfg: FinetuneConfig
+    init: str
+    split: str
+    shots: list[LabeledImage]
+    data: LoadedSplit
+    ctx: EncoderContext
+    config: dict[str, Any]
+    hash: str
+
+
+def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
+    """Resolve names, draw the shots and build the config whose hash identifies the run."""
+    card = load_card(spec.dataset)
+    profile = get_profile(spec.profile)
+    method = get_method(spec.method)(spec.params)
+    cfg = finetune_config(profile, **spec.finetune)
+    init = method.init_for(spec.init or profile.default_init)
+    split = card.default_split if card.generator else card.split(spec.split).name
+    data = env.split_data(card, split)
+    stems = draw_shots(data.partition.pool, parse_shots(spec.shots), spec.draw,
+                       f"{card.full_name}/{split}")
+    shots = load_labeled(card, env.data_root, stems)
+    seed = spec.seed * 1000 + spec.draw
+    ctx = EncoderContext(
+        card=card, data_root=env.data_root, encoder=cfg.encoder, init=init, profile=profile.name,
+        seed=spec.seed, device=env.device, cache_dir=env.cache_dir,
+        shots=shots if method.uses_labels else [], draw=spec.draw, compile=env.compile,
+    )
+    config = {
+        "protocol_version": PROTOCOL_VERSION,
+        "method": method.name,
+        "params": method.params_dict(),
+        "dataset": card.full_name,
+        "split": split,
+        "shots": spec.shots,
+        "draw": spec.draw,
+        "seed": seed,
+        "profile": profile.name,
+        "init": init,
+        "finetune": dataclasses.asdict(cfg),
+        "pretrain": method.pretrain_config(ctx),
+    }
+    return PreparedRun(spec, card, method, cfg, init, split, shots, data, ctx, config,
+                       config_hash(config))
+
+
+def run_one(spec: RunSpec, env: RunEnv) -> RunOutcome:
+    """Execute one grid point and store it; skipped when its config already succeeded."""
+    run = prepare(spec, env)
+    if env.force:
+        env.store.delete_succeeded(run.hash)
+    else:
+        done = env.store.succeeded(run.hash)
+        if done is not None:
+            return RunOutcome(spec, "skipped", run.hash, done.id, _stored_scores(env.store, done.id))
+    run_id = env.store.start_run(_new_run(run, env))
+    started = time.time()
+    try:
+        encoder_state = run.method.encoder_state(run.ctx)
+        pretrain_seconds = time.time() - started
+        torch.manual_seed(run.config["seed"])
+        model = build_segmenter(run.cfg, run.card.num_classes, encoder_state)
+        label = f"{run.method.name} {run.card.full_name} {spec.shots}-shot draw {spec.draw}"
+        result = finetune(model, run.shots, run.data.val, run.data.test, run.card, run.cfg,
+                          env.device, run.config["seed"], label)
+    except (BenchError, TrainingDiverged) as exc:
+        env.store.fail_run(run_id, str(exc))
+        raise
+    except BaseException as exc:
+        env.store.fail_run(run_id, "".join(traceback.format_exception(exc)))
+        raise
+    rows = metric_rows(result, run.card)
+    summary = {
+        "selected_step": result.selected.step,
+        "losses": result.losses,
+        "evals": [{"step": e.step, "val": e.val_score,
+                   **{f"test/{k}": v.score for k, v in e.test.items()}} for e in result.evals],
+        "seconds": {"total": time.time() - started, "encoder": pretrain_seconds},
+        "absent_classes": result.selected.test["honest"].summary.absent,
+    }
+    env.store.finish_run(run_id, rows, summary)
+    return RunOutcome(spec, "succeeded", run.hash, run_id, scores_of(result))
+
+
+def _new_run(run: PreparedRun, env: RunEnv) -> NewRun:
+    pretrain = run.config["pretrain"]
+    return NewRun(
+        config_hash=run.hash, method=run.method.name, dataset=run.card.full_name, split=run.split,
+        shots=len(run.shots), shots_label=run.spec.shots, draw=run.spec.draw,
+        seed=run.config["seed"], profile=run.spec.profile, init=run.init,
+        encoder=run.cfg.encoder, arch=run.cfg.arch, config=run.config,
+        images=[s.stem for s in run.shots],
+        pretrain_hash=config_hash(pretrain) if pretrain else None,
+        versions=collect_versions(), device=_device_name(env.device), git_commit=git_commit(),
+        host=socket.gethostname(),
+    )
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def scores_of(result: FinetuneResult) -> dict[str, float]:
+    """Headline numbers: each protocol at the validation-selected step, plus the honest oracle."""
+    selected = result.selected
+    scores = {name: r.score for name, r in selected.test.items()}
+    scores["oracle"] = result.oracle("honest").test["honest"].score
+    scores["val"] = selected.val_score
+    return scores
+
+
+def metric_rows(result: FinetuneResult, card: DatasetCard) -> list[MetricRow]:
+    rows: list[MetricRow] = []
+    selected = result.selected
+    rows += _summary_rows("honest", "val", "val", selected.val_score, selected.val, selected.step)
+    for name, res in selected.test.items():
+        rows += _summary_rows(name, "val", "test", res.score, res.summary, selected.step)
+        oracle = result.oracle(name)
+        ores = oracle.test[name]
+        rows += _summary_rows(name, "oracle", "test", ores.score, ores.summary, oracle.step)
+    return rows
+
+
+def _summary_rows(protocol: str, selection: str, part: str, score: float, summary: Summary,
+                  step: int) -> list[MetricRow]:
+    def row(metric: str, value: float, class_id: int | None = None) -> MetricRow:
+        return MetricRow(protocol=protocol, selection=selection, split_part=part, metric=metric,
+                         value=value, class_id=class_id)
+
+    rows = [row("score", score), row("miou", summary.miou), row("mdice_fg", summary.mdice_fg),
+            row("pixel_acc", summary.pixel_acc), row("step", float(step))]
+    rows += [row("iou", v, c) for c, v in enumerate(summary.iou)]
+    rows += [row("dice", v, c) for c, v in enumerate(summary.dice)]
+    return rows
+
+
+def _stored_scores(store: ResultStore, run_id: int) -> dict[str, float]:
+    frame = store.metrics_frame(run_id=run_id)
+    test = frame[(frame.metric == "score") & (frame.split_part == "test")]
+    scores = {r.protocol: r.value for r in test[test.selection == "val"].itertuples()}
+    oracle = test[(test.selection == "oracle") & (test.protocol == "honest")]
+    if len(oracle):
+        scores["oracle"] = float(oracle.value.iloc[0])
+    val = frame[(frame.metric == "score") & (frame.split_part == "val")]
+    if len(val):
+        scores["val"] = float(val.value.iloc[0])
+    return scores
+
+
+def make_env(data_root: str | None, store_url: str | None, device: str, cache_dir: str | None,
+             force: bool = False, compile: str = "off") -> RunEnv:
+    from bench.cache import default_cache_dir
+
+    return RunEnv(
+        data_root=resolve_data_root(data_root),
+        store=ResultStore(store_url),
+        device=resolve_device(device),
+        cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
+        force=force,
+        compile=compile,
+    )
+
+
+def mean_std(values: list[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (n−1) and count over the finite values."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    n = len(finite)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = sum(finite) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else math.nan
+    return mean, std, n
+
+
+def print_outcomes(outcomes: list[RunOutcome]) -> None:
+    """A rich table: one row per draw and a mean ± std row (with the number of draws)."""
+    from rich.table import Table
+
+    if not outcomes:
+        return
+    protocols = [k for k in outcomes[0].scores if k not in ("oracle", "val")]
+    table = Table(title="Test scores (model selected on validation; oracle = best on test)")
+    for col in ("method", "dataset", "shots", "draw", "status"):
+        table.add_column(col)
+    table.add_column("val mIoU", justify="right")
+    for p in protocols:
+        table.add_column(p, justify="right")
+    table.add_column("oracle (honest)", justify="right")
+    for o in outcomes:
+        table.add_row(o.spec.method, o.spec.dataset, o.spec.shots, str(o.spec.draw), o.status,
+                      _pct(o.scores.get("val")), *(_pct(o.scores.get(p)) for p in protocols),
+                      _pct(o.scores.get("oracle")))
+    if len(outcomes) > 1:
+        cells = []
+        for key in ("val", *protocols, "oracle"):
+            mean, std, n = mean_std([o.scores.get(key, math.nan) for o in outcomes])
+            cells.append(f"{_pct(mean)} ± {_pct(std)} (n={n})")
+        table.add_row("mean ± std", "", "", "", "", *cells, style="bold")
+    console.print(table)
+    console.print("Scores in %. honest = mIoU over all classes at native resolution; "
+                  "see README 'Protocol' for the paper protocols.")
+
+
+def _pct(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{100 * value:.2f}"

@@ -1,0 +1,1 @@
+"""One module per method; each registers itself with ``bench.registry.register_method``."""

@@ -1,0 +1,20 @@
+"""Supervised baseline: the encoder starts from torchvision's ImageNet-1k (V1) classification weights.
+
+These are the weights smp's ``"imagenet"`` ResNets and both seed papers' baselines use.
+"""
+
+from __future__ import annotations
+
+from bench.method import EncoderContext, EncoderState, Method, initial_encoder_state
+from bench.registry import register_method
+
+
+@register_method
+class ImageNet(Method):
+    name = "imagenet"
+    description = "supervised baseline: ImageNet-1k (torchvision V1) encoder, no pretraining"
+    kind = "supervised"
+    fixed_init = "imagenet"
+
+    def encoder_state(self, ctx: EncoderContext) -> EncoderState | None:
+        return initial_encoder_state(ctx.encoder, "imagenet")
