@@ -173,6 +173,8 @@ class EvalPoint:
     val_score: float
     val: Summary
     test: dict[str, ProtocolResult]
+    predictions: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """Native-resolution test predictions of the first few test images (for figures)."""
 
 
 @dataclass
@@ -195,18 +197,23 @@ def _finite(value: float) -> float:
 
 
 def evaluate(model: nn.Module, images: list[LabeledImage], card: DatasetCard,
-             protocols: list[ProtocolSpec], device: torch.device, tile: int) -> dict[str, ProtocolResult]:
+             protocols: list[ProtocolSpec], device: torch.device, tile: int,
+             keep: dict[str, np.ndarray] | None = None) -> dict[str, ProtocolResult]:
     """Score every protocol from one confusion matrix per evaluation resolution.
 
     Each matrix is accumulated over the whole image set (not averaged per image); protocols at the
-    same resolution share the same predictions.
+    same resolution share the same predictions. Native-resolution predictions of images whose stem
+    is a key of ``keep`` are stored there.
     """
     matrices: dict[tuple[int, int] | None, np.ndarray] = {}
     for size in dict.fromkeys(p.resize for p in protocols):
         cm = ConfusionMatrix(card.num_classes)
         for item in images:
             if size is None:
-                cm.update(predict(model, item.image, device, tile), item.mask)
+                pred = predict(model, item.image, device, tile)
+                if keep is not None and item.stem in keep:
+                    keep[item.stem] = pred
+                cm.update(pred, item.mask)
             else:
                 cm.update(predict(model, item.image, device, size=size), _resize_mask(item.mask, size))
         matrices[size] = cm.matrix
@@ -265,6 +272,7 @@ def finetune(
     device: torch.device,
     seed: int,
     label: str = "fine-tune",
+    keep_predictions: int = 3,
 ) -> FinetuneResult:
     """Train for ``cfg.steps`` steps, evaluating val (selection) and test (reporting) periodically."""
     torch.manual_seed(seed)
@@ -296,6 +304,7 @@ def finetune(
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 model.eval()
                 val_res = evaluate(model, val, card, protocols[:1], device, cfg.tile)["honest"]
-                tests = evaluate(model, test, card, protocols, device, cfg.tile)
-                result.evals.append(EvalPoint(step, val_res.score, val_res.summary, tests))
+                kept = {item.stem: None for item in test[:keep_predictions]}
+                tests = evaluate(model, test, card, protocols, device, cfg.tile, kept)
+                result.evals.append(EvalPoint(step, val_res.score, val_res.summary, tests, kept))
     return result

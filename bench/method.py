@@ -56,6 +56,8 @@ class Method(ABC):
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         self.params = build_params(self.Params, params or {}, self.name)
+        self.pretrain_info: dict[str, Any] = {}
+        """Set by ``encoder_state`` for the run record (e.g. pretraining losses, cache folder)."""
 
     def init_for(self, requested: str) -> str:
         """The encoder initialisation actually used (baselines fix theirs)."""

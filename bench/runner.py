@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from bench.cards import DatasetCard, load_card
 from bench.console import console
@@ -61,7 +63,7 @@ class RunEnv:
     """Where runs read data, write results and compute."""
 
     data_root: Path
-    store: ResultStore
+    store: ResultStore | None
     device: torch.device
     cache_dir: Path
     force: bool = False
@@ -159,6 +161,7 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
 
 def run_one(spec: RunSpec, env: RunEnv) -> RunOutcome:
     """Execute one grid point and store it; skipped when its config already succeeded."""
+    assert env.store is not None, "run_one needs a results store"
     run = prepare(spec, env)
     if env.force:
         env.store.delete_succeeded(run.hash)
@@ -184,6 +187,9 @@ def run_one(spec: RunSpec, env: RunEnv) -> RunOutcome:
         raise
     rows = metric_rows(result, run.card)
     summary = {
+        **run.method.pretrain_info,
+        "predictions": save_predictions(result.selected.predictions,
+                                        env.cache_dir / "predictions" / run.hash),
         "selected_step": result.selected.step,
         "losses": result.losses,
         "evals": [{"step": e.step, "val": e.val_score,
@@ -193,6 +199,17 @@ def run_one(spec: RunSpec, env: RunEnv) -> RunOutcome:
     }
     env.store.finish_run(run_id, rows, summary)
     return RunOutcome(spec, "succeeded", run.hash, run_id, scores_of(result))
+
+
+def save_predictions(predictions: dict[str, np.ndarray], folder: Path) -> dict[str, str]:
+    """Write class-id PNGs of the selected model's test predictions; returns stem → path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for stem, pred in predictions.items():
+        path = folder / f"{stem}.png"
+        Image.fromarray(pred).save(path)
+        paths[stem] = str(path)
+    return paths
 
 
 def _new_run(run: PreparedRun, env: RunEnv) -> NewRun:
@@ -263,12 +280,12 @@ def _stored_scores(store: ResultStore, run_id: int) -> dict[str, float]:
 
 
 def make_env(data_root: str | None, store_url: str | None, device: str, cache_dir: str | None,
-             force: bool = False, compile: str = "off") -> RunEnv:
+             force: bool = False, compile: str = "off", with_store: bool = True) -> RunEnv:
     from bench.cache import default_cache_dir
 
     return RunEnv(
         data_root=resolve_data_root(data_root),
-        store=ResultStore(store_url),
+        store=ResultStore(store_url) if with_store else None,
         device=resolve_device(device),
         cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
         force=force,

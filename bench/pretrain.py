@@ -1,0 +1,238 @@
+"""The one pretraining loop every SSL method shares, with caching, checkpoints and export.
+
+- The unlabeled pool is decoded once into a uint8 tensor on the training device; views are cut and
+  augmented there in batches (``bench.augment``).
+- Optimizer and warmup + cosine schedule from the method's engine settings; bf16 autocast and
+  channels_last on CUDA; optional gradient clipping; a NaN loss stops the run (``PretrainFailed``).
+- A checkpoint is written every epoch; an interrupted pretraining resumes from it.
+- Results are cached under ``<cache>/pretrain/<method>-<hash>/`` where the hash covers everything
+  that determines the pretraining; concurrent processes wait on a file lock instead of computing
+  the same pretraining twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from safetensors.torch import load_file, save_file
+from segmentation_models_pytorch.encoders import get_encoder
+
+from bench.augment import ImagePool
+from bench.cards import DatasetCard
+from bench.console import err_console, progress
+from bench.data import load_unlabeled, unlabeled_files
+from bench.errors import BenchError
+from bench.finetune import load_encoder_strict
+from bench.method import EncoderContext, EncoderState, initial_encoder_state
+from bench.ssl import PretrainConfig, SSLMethod
+from bench.store import collect_versions, config_hash
+
+ENCODER_FILE = "encoder.safetensors"
+CARD_FILE = "model_card.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class PretrainFailed(RuntimeError):
+    """Pretraining stopped: the loss became NaN/inf."""
+
+
+@dataclass
+class PretrainResult:
+    state: EncoderState
+    folder: Path
+    cached: bool
+    losses: list[float]
+
+
+def pool_fingerprint(card: DatasetCard, data_root: Path) -> dict[str, object]:
+    """Identifies the unlabeled pool: the card and a digest of its file list (or generator)."""
+    if card.generator:
+        return {"dataset": card.name, "generator": card.generator}
+    names = [f.name for f in unlabeled_files(card, data_root)]
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+    crop = card.unlabeled.crop_bottom if card.unlabeled else 0
+    return {"dataset": card.name, "files": len(names), "digest": digest, "crop_bottom": crop}
+
+
+def cache_folder(method: SSLMethod, ctx: EncoderContext) -> Path:
+    return ctx.cache_dir / "pretrain" / f"{method.name}-{config_hash(method.pretrain_config(ctx))}"
+
+
+def pretrain_encoder(method: SSLMethod, ctx: EncoderContext) -> PretrainResult:
+    """The pretrained encoder for ``ctx``: from the cache, or trained now (and cached)."""
+    folder = cache_folder(method, ctx)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".lock")):
+        if (folder / ENCODER_FILE).is_file():
+            card = json.loads((folder / CARD_FILE).read_text())
+            return PretrainResult(load_file(str(folder / ENCODER_FILE)), folder, True,
+                                  card.get("losses", []))
+        return _train(method, ctx, folder)
+
+
+def _train(method: SSLMethod, ctx: EncoderContext, folder: Path) -> PretrainResult:
+    cfg = method.engine_config(ctx.profile)
+    _check(cfg, method.name)
+    images = load_unlabeled(ctx.card, ctx.data_root, cfg.pool_limit or None)
+    pool = ImagePool(images, ctx.device)
+    torch.manual_seed(ctx.seed)
+    encoder = get_encoder(ctx.encoder, in_channels=3, depth=5, weights=None)
+    initial = initial_encoder_state(ctx.encoder, ctx.init)
+    if initial is not None:
+        load_encoder_strict(encoder, initial, ctx.encoder)
+    model = method.build_model(encoder, ctx, cfg).to(ctx.device)
+    if ctx.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model)
+    steps_per_epoch = cfg.steps_per_epoch or max(1, len(pool) // cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, schedule_factor(cfg, steps_per_epoch, total_steps))
+    generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
+    losses: list[float] = []
+    start_epoch = _resume(folder, model, optimizer, scheduler, generator, losses)
+    step_fn = _compiled_step(model, ctx.compile, total_steps)
+    views = model.views_per_sample() * cfg.batch_size
+    with progress("loss", "speed") as bar:
+        task = bar.add_task(f"pretrain {method.name}", total=total_steps,
+                            completed=start_epoch * steps_per_epoch, loss="", speed="")
+        for epoch in range(start_epoch, cfg.epochs):
+            epoch_loss, started = 0.0, time.perf_counter()
+            for step in range(steps_per_epoch):
+                index = torch.randint(len(pool), (cfg.batch_size,), generator=generator,
+                                      device=ctx.device)
+                loss = step_fn(pool, index, generator)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise PretrainFailed(
+                        f"{method.name} pretraining loss became {value} at epoch {epoch + 1}, "
+                        f"step {step + 1}; try a lower lr (--param lr=...) or --param grad_clip=1")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                done = epoch * steps_per_epoch + step + 1
+                model.after_step(done / total_steps)
+                epoch_loss += value
+                rate = views * (step + 1) / (time.perf_counter() - started)
+                bar.update(task, advance=1, loss=f"loss {value:.3f}", speed=f"{rate:.0f} img/s")
+            losses.append(epoch_loss / steps_per_epoch)
+            _save_checkpoint(folder, epoch + 1, model, optimizer, scheduler, generator, losses)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}
+    save_file(state, str(folder / ENCODER_FILE))
+    _write_card(folder, method, ctx, cfg, losses)
+    (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+    return PretrainResult(state, folder, False, losses)
+
+
+def _check(cfg: PretrainConfig, name: str) -> None:
+    if cfg.optimizer not in OPTIMIZERS:
+        raise BenchError(f"{name}: unknown optimizer '{cfg.optimizer}'; choose {', '.join(OPTIMIZERS)}")
+    if cfg.schedule not in ("cosine", "constant"):
+        raise BenchError(f"{name}: schedule must be 'cosine' or 'constant', got '{cfg.schedule}'")
+    if cfg.bn_views not in ("separate", "concat"):
+        raise BenchError(f"{name}: bn_views must be 'separate' or 'concat', got '{cfg.bn_views}'")
+    if cfg.epochs < 1 or cfg.batch_size < 2:
+        raise BenchError(f"{name}: pretraining needs epochs ≥ 1 and batch_size ≥ 2")
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def build_optimizer(cfg: PretrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def schedule_factor(cfg: PretrainConfig, steps_per_epoch: int, total_steps: int):
+    """Linear warmup over ``warmup_epochs``, then cosine to 0 (or constant)."""
+    warmup = cfg.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+    return factor
+
+
+def _compiled_step(model, mode: str, total_steps: int):
+    """The loss function of one step, under bf16 autocast on CUDA, optionally torch.compile'd.
+
+    ``auto`` compiles on CUDA when the run is long enough (≥ 2000 steps) to repay the warm-up.
+    """
+    use_compile = mode == "on" or (mode == "auto" and total_steps >= 2000
+                                   and next(model.parameters()).is_cuda)
+    loss_fn = torch.compile(model.training_loss) if use_compile else model.training_loss
+    is_cuda = next(model.parameters()).is_cuda
+
+    def step(pool, index, generator):
+        model.train()
+        if is_cuda:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return loss_fn(pool, index, generator).float()
+        return loss_fn(pool, index, generator)
+
+    return step
+
+
+def _resume(folder: Path, model, optimizer, scheduler, generator, losses: list[float]) -> int:
+    path = folder / CHECKPOINT_FILE
+    if not path.is_file():
+        return 0
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    generator.set_state(ckpt["generator"])
+    losses.extend(ckpt["losses"])
+    err_console.print(f"resuming pretraining from epoch {ckpt['epoch']} ({path})")
+    return int(ckpt["epoch"])
+
+
+def _save_checkpoint(folder: Path, epoch: int, model, optimizer, scheduler, generator,
+                     losses: list[float]) -> None:
+    tmp = folder / (CHECKPOINT_FILE + ".tmp")
+    torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                "losses": losses}, tmp)
+    os.replace(tmp, folder / CHECKPOINT_FILE)
+
+
+def _write_card(folder: Path, method: SSLMethod, ctx: EncoderContext, cfg: PretrainConfig,
+                losses: list[float]) -> None:
+    config = method.pretrain_config(ctx)
+    card = {
+        "method": method.name,
+        "description": method.description,
+        "encoder": ctx.encoder,
+        "init": ctx.init,
+        "data": {"dataset": ctx.card.full_name, "pool": config["pool"]},
+        "config": config,
+        "engine": dataclasses.asdict(cfg),
+        "hash": config_hash(config),
+        "losses": losses,
+        "versions": collect_versions(),
+        "created": datetime.now(timezone.utc).isoformat(),
+        "load_with": f"segmentation_models_pytorch.encoders.get_encoder('{ctx.encoder}', "
+                     "weights=None).load_state_dict(safetensors.torch.load_file(path), strict=True)",
+    }
+    (folder / CARD_FILE).write_text(json.dumps(card, indent=2))

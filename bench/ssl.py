@@ -1,0 +1,130 @@
+"""Base classes for self-supervised methods: the engine settings and the per-method model.
+
+A method module subclasses ``SSLMethod`` (registered by name) and ``SSLModel`` (an ``nn.Module``
+holding the smp encoder plus the method's heads, returning its loss for a batch of pool indices).
+The shared loop in ``bench.pretrain`` does everything else: optimizer, schedule, AMP, checkpoints,
+resume, caching and export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bench.augment import ImagePool
+from bench.method import EncoderContext, EncoderState, Method, build_params
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Settings of the shared pretraining loop; every field can be overridden with ``--param``."""
+
+    epochs: int = 100
+    batch_size: int = 32
+    view_size: int = 224
+    steps_per_epoch: int = 0
+    """0: one pass over the pool per epoch (pool size // batch size, at least 1)."""
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    warmup_epochs: int = 0
+    schedule: str = "cosine"
+    grad_clip: float = 0.0
+    """Clip the gradient norm to this value (0: off)."""
+    bn_views: str = "separate"
+    """BatchNorm over the views: ``separate`` forward passes (as the seeds) or one ``concat`` pass."""
+    pool_limit: int = 0
+    """Use only the first N pool images (0: all)."""
+
+
+ENGINE_FIELDS = {f.name for f in dataclasses.fields(PretrainConfig)}
+
+
+class SSLModel(nn.Module):
+    """An encoder plus a method's heads; ``training_loss`` returns the scalar loss of one batch."""
+
+    def __init__(self, encoder: nn.Module, bn_views: str = "separate") -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.bn_views = bn_views
+
+    def forward_views(self, fn, *views: torch.Tensor) -> list[Any]:
+        """Apply ``fn`` to each view: separately, or once on their concatenation (``bn_views``)."""
+        if self.bn_views == "concat":
+            out = fn(torch.cat(views))
+            if isinstance(out, (list, tuple)):
+                return [type(out)(o.chunk(len(views))[i] for o in out) for i in range(len(views))]
+            return list(out.chunk(len(views)))
+        return [fn(v) for v in views]
+
+    @abstractmethod
+    def training_loss(self, pool: ImagePool, index: torch.Tensor,
+                      generator: torch.Generator) -> torch.Tensor:
+        """The loss for the pool images ``index`` (the model draws its own views)."""
+
+    def after_step(self, progress: float) -> None:
+        """Called after every optimizer step with the fraction of training done (e.g. EMA updates)."""
+
+    def views_per_sample(self) -> int:
+        """Encoder passes per sample and step, for the images/s figure."""
+        return 2
+
+
+class SSLMethod(Method):
+    """A pretraining method: per-profile engine settings and a model factory."""
+
+    kind: ClassVar[str] = "ssl"
+    profiles: ClassVar[dict[str, PretrainConfig]]
+    """Engine settings per profile (smoke, quick, standard, paper)."""
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        params = dict(params or {})
+        engine = {k: params.pop(k) for k in list(params) if k in ENGINE_FIELDS}
+        self.engine_overrides = engine
+        super().__init__(params)
+
+    def engine_config(self, profile: str) -> PretrainConfig:
+        base = self.profiles.get(profile) or self.profiles["standard"]
+        if not self.engine_overrides:
+            return base
+        changes = build_params(PretrainConfig, self.engine_overrides, self.name)
+        return dataclasses.replace(base, **{k: getattr(changes, k) for k in self.engine_overrides})
+
+    @abstractmethod
+    def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
+        """The method's model around ``encoder`` (an smp encoder with its initial weights)."""
+
+    def pretrain_config(self, ctx: EncoderContext) -> dict[str, Any]:
+        from bench.pretrain import pool_fingerprint
+
+        config = {
+            "method": self.name,
+            "params": self.params_dict(),
+            "engine": dataclasses.asdict(self.engine_config(ctx.profile)),
+            "encoder": ctx.encoder,
+            "init": ctx.init,
+            "pool": pool_fingerprint(ctx.card, ctx.data_root),
+            "seed": ctx.seed,
+            "profile": ctx.profile,
+        }
+        if self.uses_labels:
+            config["shots"] = [s.stem for s in ctx.shots]
+            config["shots_digest"] = hashlib.sha256(
+                b"".join(s.mask.tobytes() for s in ctx.shots)).hexdigest()[:16]
+            config["draw"] = ctx.draw
+        return config
+
+    def encoder_state(self, ctx: EncoderContext) -> EncoderState | None:
+        from bench.pretrain import pretrain_encoder
+
+        result = pretrain_encoder(self, ctx)
+        self.pretrain_info = {"pretrain_losses": result.losses, "pretrain_cached": result.cached,
+                              "pretrain_folder": str(result.folder)}
+        return result.state
