@@ -91,11 +91,15 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator,
 
 
 def crop_resize(pool: ImagePool, index: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """Crop each box from its image and resize it to ``size²`` (bilinear, area-sampled); 0..1 floats."""
+    """Crop each box from its image and resize it to ``size²``; 0..1 floats.
+
+    Bilinear samples at pixel centres, as many per output pixel as the box is larger than the
+    output (adaptive ``roi_align``), so downscaling averages instead of aliasing.
+    """
     source = pool.data[index].float().div_(255.0)
     rois = torch.cat([torch.arange(len(index), device=boxes.device, dtype=boxes.dtype)[:, None],
                       boxes], dim=1)
-    return roi_align(source, rois, output_size=size, spatial_scale=1.0, sampling_ratio=2,
+    return roi_align(source, rois, output_size=size, spatial_scale=1.0, sampling_ratio=0,
                      aligned=True)
 
 
