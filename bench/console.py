@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -12,7 +15,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console()
+def _width() -> int | None:
+    """Rich assumes 80 columns when output is not a terminal; tables need more than that."""
+    return None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 140
+
+
+console = Console(width=_width())
 err_console = Console(stderr=True)
 
 

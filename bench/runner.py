@@ -313,7 +313,7 @@ def print_outcomes(outcomes: list[RunOutcome]) -> None:
     protocols = [k for k in outcomes[0].scores if k not in ("oracle", "val")]
     table = Table(title="Test scores (model selected on validation; oracle = best on test)")
     for col in ("method", "dataset", "shots", "draw", "status"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     table.add_column("val mIoU", justify="right")
     for p in protocols:
         table.add_column(p, justify="right")
