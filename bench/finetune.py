@@ -10,6 +10,7 @@ best validation score; the best test score ("oracle") is kept beside it, labelle
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -273,8 +274,13 @@ def finetune(
     seed: int,
     label: str = "fine-tune",
     keep_predictions: int = 3,
+    on_eval: Callable[[int, float], None] | None = None,
 ) -> FinetuneResult:
-    """Train for ``cfg.steps`` steps, evaluating val (selection) and test (reporting) periodically."""
+    """Train for ``cfg.steps`` steps, evaluating val (selection) and test (reporting) periodically.
+
+    ``on_eval(step, val_score)`` is called after each evaluation (e.g. to report to a pruner,
+    which may stop the run by raising).
+    """
     torch.manual_seed(seed)
     sampler = ShotSampler(shots, cfg.crop, np.random.default_rng(seed))
     model = model.to(device)
@@ -307,4 +313,6 @@ def finetune(
                 kept = {item.stem: None for item in test[:keep_predictions]}
                 tests = evaluate(model, test, card, protocols, device, cfg.tile, kept)
                 result.evals.append(EvalPoint(step, val_res.score, val_res.summary, tests, kept))
+                if on_eval is not None:
+                    on_eval(step, val_res.score)
     return result

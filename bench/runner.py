@@ -8,6 +8,7 @@ whose config hash already succeeded is skipped unless ``force``. Sweeps call ``r
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 import math
 import socket
 import time
@@ -159,8 +160,12 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
                        config_hash(config))
 
 
-def run_one(spec: RunSpec, env: RunEnv) -> RunOutcome:
-    """Execute one grid point and store it; skipped when its config already succeeded."""
+def run_one(spec: RunSpec, env: RunEnv,
+            on_eval: Callable[[int, float], None] | None = None) -> RunOutcome:
+    """Execute one grid point and store it; skipped when its config already succeeded.
+
+    ``on_eval(step, val_score)`` is passed to fine-tuning (hyperparameter search prunes with it).
+    """
     assert env.store is not None, "run_one needs a results store"
     run = prepare(spec, env)
     if env.force:
@@ -178,7 +183,7 @@ def run_one(spec: RunSpec, env: RunEnv) -> RunOutcome:
         model = build_segmenter(run.cfg, run.card.num_classes, encoder_state)
         label = f"{run.method.name} {run.card.full_name} {spec.shots}-shot draw {spec.draw}"
         result = finetune(model, run.shots, run.data.val, run.data.test, run.card, run.cfg,
-                          env.device, run.config["seed"], label)
+                          env.device, run.config["seed"], label, on_eval=on_eval)
     except (BenchError, TrainingDiverged) as exc:
         env.store.fail_run(run_id, str(exc))
         raise
