@@ -213,7 +213,7 @@ def save_predictions(predictions: dict[str, np.ndarray], folder: Path) -> dict[s
     for stem, pred in predictions.items():
         path = folder / f"{stem}.png"
         Image.fromarray(pred).save(path)
-        paths[stem] = str(path)
+        paths[stem] = str(path.resolve())
     return paths
 
 

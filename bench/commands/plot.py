@@ -1,0 +1,39 @@
+"""``bench plot``: figures of the stored results as PNG and SVG.
+
+Score vs labeled images per method, per-class IoU heatmaps, test predictions beside the ground
+truth, pretraining losses. With no succeeded runs matching the filters it exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.commands._common import add_data_root
+from bench.commands.leaderboard import add_filters, filters_text
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="figures of the results (PNG + SVG)", description=__doc__)
+    add_filters(p)
+    add_data_root(p)
+    p.add_argument("--out", type=Path, default=Path("results/plots"),
+                   help="output folder (default: results/plots)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench.console import console
+    from bench.data import resolve_data_root
+    from bench.plots import build_plots, save_plots
+    from bench.results import load_results, require_runs
+    from bench.store import ResultStore
+
+    results = load_results(ResultStore(args.store), args.dataset, None, args.profile)
+    require_runs(results, filters_text(args))
+    plots = build_plots(results, resolve_data_root(args.data_root))
+    for path in save_plots(plots, args.out):
+        console.print(f"wrote {path}", highlight=False)
+    for note in plots.notes:
+        console.print(f"[yellow]skipped:[/] {note}", highlight=False)
+    return 0

@@ -1,0 +1,44 @@
+"""``bench report``: one self-contained HTML file with the leaderboard, figures and run metadata.
+
+It opens offline (styles, figures and script are inline). With no succeeded runs matching the
+filters it exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.commands._common import add_data_root
+from bench.commands.leaderboard import add_filters, add_table_options, filters_text
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="a self-contained HTML report of the results", description=__doc__)
+    add_filters(p)
+    add_table_options(p)
+    add_data_root(p)
+    p.add_argument("--out", type=Path, default=Path("results/report.html"),
+                   help="output file (default: results/report.html)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench.console import console
+    from bench.data import resolve_data_root
+    from bench.leaderboard import build_leaderboard
+    from bench.plots import build_plots
+    from bench.report import build_report, write_report
+    from bench.reported import load_reported
+    from bench.results import load_results, require_runs
+    from bench.store import ResultStore
+
+    store = ResultStore(args.store)
+    results = load_results(store, args.dataset, args.protocol, args.profile)
+    require_runs(results, filters_text(args))
+    board = build_leaderboard(results, load_reported(args.reported), args.baseline)
+    every_protocol = load_results(store, args.dataset, None, args.profile)  # figures use honest
+    plots = build_plots(every_protocol, resolve_data_root(args.data_root))
+    path = write_report(build_report(results, board, plots), args.out)
+    console.print(f"wrote {path}", highlight=False)
+    return 0
