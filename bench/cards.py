@@ -169,12 +169,14 @@ def load_card(name: str, cards_dir: Path = CARDS_DIR) -> DatasetCard:
 
 def parse_card(path: Path, variant: str | None = None) -> DatasetCard:
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise BenchError(f"{path}: not valid TOML: {exc}") from None
     try:
         return _build_card(raw, path, variant)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # AttributeError / IndexError: a table where a value was expected (or the reverse), a
+        # too-short list (e.g. ``resize = [512]``).
         raise BenchError(f"{path}: bad dataset card: {_describe(exc)}") from None
 
 
@@ -202,6 +204,8 @@ def _build_card(raw: dict[str, Any], path: Path, variant: str | None) -> Dataset
     ids = [c.id for c in classes]
     if ids != list(range(len(ids))):
         raise ValueError(f"class ids must be 0..{len(ids) - 1} in order, got {ids}")
+    if variant is not None:
+        _check_variant_merge(variant, [int(i) for i in raw["classes"]["ids"]], ids, merge)
     background = classes_raw.get("background")
     if background is not None and background not in ids:
         raise ValueError(f"background class {background} is not one of the class ids {ids}")
@@ -293,6 +297,30 @@ def _parse_split(name: str, raw: dict[str, Any]) -> SplitSpec:
     )
 
 
+def _check_variant_merge(
+    variant: str, base_ids: list[int], ids: list[int], merge: tuple[tuple[int, int], ...]
+) -> None:
+    """Every mask id of the base card must end up as one of the variant's class ids."""
+    mapping = dict(merge)
+    for src, dst in merge:
+        if src not in base_ids:
+            raise ValueError(
+                f"variant '{variant}': merge source {src} is not one of the card's class ids "
+                f"{base_ids}"
+            )
+        if dst not in ids:
+            raise ValueError(
+                f"variant '{variant}': merge target {dst} is not one of the variant's class "
+                f"ids {ids}"
+            )
+    unmapped = [i for i in base_ids if i not in mapping and i not in ids]
+    if unmapped:
+        raise ValueError(
+            f"variant '{variant}': class id(s) {unmapped} of the card are neither merged nor "
+            f"variant class ids {ids}"
+        )
+
+
 def _merge_pairs(raw: dict[str, Any]) -> tuple[tuple[int, int], ...]:
     return tuple(sorted((int(k), int(v)) for k, v in raw.items()))
 
@@ -321,6 +349,8 @@ def _parse_protocol(
         if c not in valid:
             raise ValueError(f"protocol '{name}': class {c} is not one of the class ids {ids}")
     resize = raw.get("resize")
+    if resize is not None and (not isinstance(resize, list) or len(resize) != 2):
+        raise ValueError(f"protocol '{name}': resize must be [height, width], got {resize!r}")
     return ProtocolSpec(
         name=name,
         metric=metric,

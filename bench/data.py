@@ -79,6 +79,11 @@ def read_mask(path: Path, card: DatasetCard) -> np.ndarray:
         raise BenchError(f"mask {path} cannot be read (corrupt or not an image): {exc}") from None
     if arr.ndim == 3:
         channel = card.layout.mask_channel if card.layout else 0
+        if not -arr.shape[2] <= channel < arr.shape[2]:
+            raise BenchError(
+                f"mask {path} has {arr.shape[2]} channels; the card {card.path.name} asks for "
+                f"layout.mask_channel = {channel}"
+            )
         first = arr[..., 0]
         if any(not np.array_equal(first, arr[..., c]) for c in range(1, arr.shape[2])):
             raise BenchError(

@@ -46,6 +46,11 @@ def partition(card: DatasetCard, data_root: Path, split: str | None = None) -> P
         raise BenchError(f"{folder / spec.test}: test images also in train: {', '.join(overlap)}")
     if spec.val is not None:
         val = read_list(folder / spec.val)
+        leaked = sorted(set(val) & set(test))
+        if leaked:
+            raise BenchError(
+                f"{folder / spec.val}: validation images also in test: {', '.join(leaked)}"
+            )
         pool = [s for s in train if s not in set(val)]
     else:
         assert spec.val_holdout is not None
