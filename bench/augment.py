@@ -39,7 +39,10 @@ class ViewConfig:
 
 
 class ImagePool:
-    """Grayscale images of different sizes, padded into one ``N×1×H×W`` uint8 tensor on ``device``."""
+    """Grayscale images of different sizes, padded into one ``N×1×H×W`` uint8 tensor on ``device``.
+
+    Padding repeats the edge pixels, so interpolation at a crop's border never mixes in zeros.
+    """
 
     def __init__(self, images: list[np.ndarray], device: torch.device) -> None:
         if not images:
@@ -48,7 +51,8 @@ class ImagePool:
         width = max(im.shape[1] for im in images)
         data = np.zeros((len(images), 1, height, width), dtype=np.uint8)
         for i, im in enumerate(images):
-            data[i, 0, : im.shape[0], : im.shape[1]] = im
+            pad = ((0, height - im.shape[0]), (0, width - im.shape[1]))
+            data[i, 0] = np.pad(im, pad, mode="edge")
         self.data = torch.from_numpy(data).to(device)
         self.sizes = torch.tensor([im.shape[:2] for im in images], dtype=torch.float32, device=device)
         self.device = device

@@ -30,8 +30,8 @@ IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
-class TrainingDiverged(RuntimeError):
-    """The fine-tuning loss became NaN or infinite."""
+class TrainingDiverged(BenchError):
+    """The fine-tuning loss became NaN or infinite (the run is stored as failed)."""
 
 
 def build_segmenter(
@@ -300,7 +300,8 @@ def finetune(
             logits = _forward(model, x)
             loss = loss_fn(logits, y)
             if not torch.isfinite(loss):
-                raise TrainingDiverged(f"fine-tuning loss became {loss.item()} at step {step}")
+                raise TrainingDiverged(f"fine-tuning loss became {loss.item()} at step {step}; "
+                                       "try a lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

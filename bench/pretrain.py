@@ -42,8 +42,8 @@ CARD_FILE = "model_card.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-class PretrainFailed(RuntimeError):
-    """Pretraining stopped: the loss became NaN/inf."""
+class PretrainFailed(BenchError):
+    """Pretraining stopped: the loss became NaN/inf (the run is stored as failed)."""
 
 
 @dataclass
@@ -102,7 +102,7 @@ def _train(method: SSLMethod, ctx: EncoderContext, folder: Path) -> PretrainResu
     losses: list[float] = []
     start_epoch = _resume(folder, model, optimizer, scheduler, generator, losses)
     step_fn = _compiled_step(model, ctx.compile, total_steps)
-    views = model.views_per_sample() * cfg.batch_size
+    views = model.view_passes(cfg.batch_size)
     with progress("loss", "speed") as bar:
         task = bar.add_task(f"pretrain {method.name}", total=total_steps,
                             completed=start_epoch * steps_per_epoch, loss="", speed="")
@@ -178,11 +178,17 @@ def _compiled_step(model, mode: str, total_steps: int):
     """The loss function of one step, under bf16 autocast on CUDA, optionally torch.compile'd.
 
     ``auto`` compiles on CUDA when the run is long enough (≥ 2000 steps) to repay the warm-up.
+    Methods whose step has data-dependent shapes get only their encoder compiled. Compiled
+    kernels are cached on disk by the compiler (``TORCHINDUCTOR_CACHE_DIR``), so later runs and
+    sweep workers reuse them.
     """
-    use_compile = mode == "on" or (mode == "auto" and total_steps >= 2000
-                                   and next(model.parameters()).is_cuda)
-    loss_fn = torch.compile(model.training_loss) if use_compile else model.training_loss
     is_cuda = next(model.parameters()).is_cuda
+    use_compile = mode == "on" or (mode == "auto" and total_steps >= 2000 and is_cuda)
+    loss_fn = model.training_loss
+    if use_compile and model.compile_whole_step:
+        loss_fn = torch.compile(model.training_loss)
+    elif use_compile:
+        model.encoder.compile()
 
     def step(pool, index, generator):
         model.train()

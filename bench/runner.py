@@ -25,7 +25,7 @@ from bench.cards import DatasetCard, load_card
 from bench.console import console
 from bench.data import LabeledImage, load_labeled, resolve_data_root
 from bench.errors import BenchError
-from bench.finetune import FinetuneResult, TrainingDiverged, build_segmenter, finetune
+from bench.finetune import FinetuneResult, build_segmenter, finetune
 from bench.method import EncoderContext, Method
 from bench.metrics import Summary
 from bench.profiles import FinetuneConfig, finetune_config, get_profile
@@ -131,10 +131,14 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
     method = get_method(spec.method)(spec.params)
     cfg = finetune_config(profile, **spec.finetune)
     init = method.init_for(spec.init or profile.default_init)
-    split = card.default_split if card.generator else card.split(spec.split).name
+    if card.generator and spec.split:
+        raise BenchError(f"{card.path}: the generated dataset '{card.name}' has no splits")
+    split = "generated" if card.generator else card.split(spec.split).name
     data = env.split_data(card, split)
-    stems = draw_shots(data.partition.pool, parse_shots(spec.shots), spec.draw,
-                       f"{card.full_name}/{split}")
+    shots_count = parse_shots(spec.shots)
+    shots_label = "all" if shots_count is None else str(shots_count)
+    # Keyed by the base card, so label variants (ebc1, ebc1:binary) draw the same images.
+    stems = draw_shots(data.partition.pool, shots_count, spec.draw, f"{card.name}/{split}")
     shots = load_labeled(card, env.data_root, stems)
     seed = spec.seed * 1000 + spec.draw
     ctx = EncoderContext(
@@ -148,7 +152,7 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
         "params": method.params_dict(),
         "dataset": card.full_name,
         "split": split,
-        "shots": spec.shots,
+        "shots": shots_label,
         "draw": spec.draw,
         "seed": seed,
         "profile": profile.name,
@@ -184,7 +188,7 @@ def run_one(spec: RunSpec, env: RunEnv,
         label = f"{run.method.name} {run.card.full_name} {spec.shots}-shot draw {spec.draw}"
         result = finetune(model, run.shots, run.data.val, run.data.test, run.card, run.cfg,
                           env.device, run.config["seed"], label, on_eval=on_eval)
-    except (BenchError, TrainingDiverged) as exc:
+    except BenchError as exc:
         env.store.fail_run(run_id, str(exc))
         raise
     except BaseException as exc:
@@ -221,7 +225,7 @@ def _new_run(run: PreparedRun, env: RunEnv) -> NewRun:
     pretrain = run.config["pretrain"]
     return NewRun(
         config_hash=run.hash, method=run.method.name, dataset=run.card.full_name, split=run.split,
-        shots=len(run.shots), shots_label=run.spec.shots, draw=run.spec.draw,
+        shots=len(run.shots), shots_label=run.config["shots"], draw=run.spec.draw,
         seed=run.config["seed"], profile=run.spec.profile, init=run.init,
         encoder=run.cfg.encoder, arch=run.cfg.arch, config=run.config,
         images=[s.stem for s in run.shots],

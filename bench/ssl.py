@@ -76,6 +76,14 @@ class SSLModel(nn.Module):
         """Encoder passes per sample and step, for the images/s figure."""
         return 2
 
+    def view_passes(self, batch_size: int) -> int:
+        """Encoder view-passes in one step (methods that add images to the batch override this)."""
+        return self.views_per_sample() * batch_size
+
+    compile_whole_step: bool = True
+    """Whether ``training_loss`` can be compiled as a whole; methods with data-dependent shapes
+    set this to False and only their encoder is compiled."""
+
 
 class SSLMethod(Method):
     """A pretraining method: per-profile engine settings and a model factory."""

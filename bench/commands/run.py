@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.runner import RunSpec, make_env, print_outcomes, run_one
+    from bench.finetune import TrainingDiverged
+    from bench.pretrain import PretrainFailed
+    from bench.runner import RunOutcome, RunSpec, make_env, print_outcomes, run_one
 
     if args.draws < 1:
         raise BenchError("--draws must be ≥ 1")
@@ -35,11 +37,18 @@ def main(args: argparse.Namespace) -> int:
                 spec = RunSpec(method=args.method, dataset=args.dataset, split=args.split, shots=shots,
                                draw=draw, profile=args.profile, init=args.init, seed=args.seed,
                                params=params, finetune=overrides)
-                outcome = run_one(spec, env)
+                try:
+                    outcome = run_one(spec, env)
+                except (TrainingDiverged, PretrainFailed) as exc:
+                    console.print(f"[red]failed[/] {args.method} {shots}-shot draw {draw}: {exc}")
+                    outcome = RunOutcome(spec, "failed", "", None, {}, str(exc))
                 if outcome.status == "skipped":
                     console.print(f"[dim]skipped {args.method} {shots}-shot draw {draw}: already in the "
                                   f"store (run {outcome.run_id}); --force to redo[/]")
                 outcomes.append(outcome)
     finally:
         print_outcomes(outcomes)
-    return 0
+    failed = sum(o.status == "failed" for o in outcomes)
+    if failed:
+        console.print(f"[red]{failed} run(s) failed[/] (stored as failed with the reason)")
+    return 1 if failed else 0
