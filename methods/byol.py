@@ -1,0 +1,139 @@
+"""BYOL: an online network predicts an EMA target network's projection of another view.
+
+Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning",
+NeurIPS 2020 (arXiv 2006.07733); reference code github.com/deepmind/deepmind-research (byol/).
+
+- Online network: encoder → ``BYOLProjectionHead`` (→4096→256, BN+ReLU) →
+  ``BYOLPredictionHead`` (→4096→256); target network: an EMA copy of encoder + projector (no
+  gradient, no predictor).
+- Loss: symmetric negative cosine similarity (lightly ``NegativeCosineSimilarity``) between each
+  view's prediction and the other view's target projection, averaged over the two directions
+  (the paper's symmetrised 2 − 2·cos loss is 4 + 4× this: same minimiser, ¼ of its gradient).
+- Target momentum τ = 1 − (1 − τ_base)·(cos(π·progress) + 1)/2, updated after every optimizer
+  step (lightly ``cosine_schedule`` / ``update_momentum``). τ_base = 0.99: the reference code's
+  ``_EMA_PRESETS`` value for 100- and 300-epoch runs (0.996 is for 1000 epochs;
+  byol/configs/byol.py).
+- Views as BYOL: random resized crop (scale 0.08–1), flip, brightness/contrast jitter (p 0.8,
+  ±0.4), Gaussian blur with the paper's asymmetric probabilities (1.0 for the first view, 0.1 for
+  the second). Colour/saturation/hue, grayscale and solarisation are left out: the micrographs are
+  grayscale and the engine's augmentation has no solarisation.
+- Optimizer: the paper's LARS (lr 0.2·B/256, batch 4096) is not in the engine; the profiles use
+  SGD (momentum 0.9, weight decay 5e-4, cosine) with lightly's small-batch BYOL recipe
+  lr = 0.06·B/128 (lightly CIFAR-10 benchmark), and the paper's 10 warmup epochs for ``standard``.
+  The ``paper`` profile keeps the comparison schedule of the MatSSL seed (224² views, 100 epochs,
+  batch 32) with that lr.
+
+The exported encoder is the ONLINE encoder (``model.encoder``); the target lives under
+``target_encoder`` / ``target_projector`` and is dropped after pretraining.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.utils.scheduler import cosine_schedule
+from torch import nn
+
+from bench.augment import ImagePool, ViewConfig, make_views
+from bench.errors import BenchError
+from bench.method import EncoderContext
+from bench.registry import register_method
+from bench.ssl import PretrainConfig, SSLMethod, SSLModel
+from methods.simclr import encoder_channels
+
+
+@dataclass(frozen=True)
+class BYOLParams:
+    hidden_dim: int = 4096
+    output_dim: int = 256
+    momentum_base: float = 0.99
+    """Target EMA momentum at the start; cosine-scheduled to ``momentum_end``."""
+    momentum_end: float = 1.0
+    min_scale: float = 0.08
+    """Smallest crop area fraction of the random resized crop."""
+
+
+BYOL_PROFILES = {
+    "smoke": PretrainConfig(epochs=1, batch_size=4, view_size=64, steps_per_epoch=2, pool_limit=8,
+                            lr=0.05, weight_decay=5e-4),
+    "quick": PretrainConfig(epochs=4, batch_size=16, view_size=96, steps_per_epoch=10,
+                            lr=0.06 * 16 / 128, weight_decay=5e-4, warmup_epochs=1),
+    "standard": PretrainConfig(epochs=100, batch_size=128, view_size=224, lr=0.06 * 128 / 128,
+                               weight_decay=5e-4, warmup_epochs=10),
+    "paper": PretrainConfig(epochs=100, batch_size=32, view_size=224, lr=0.06 * 32 / 128,
+                            weight_decay=5e-4),
+}
+
+
+def target_momentum(progress: float, base: float, end: float = 1.0) -> float:
+    """BYOL's τ at ``progress`` ∈ [0, 1]: ``base`` at 0, ``end`` at 1, cosine in between."""
+    # cosine_schedule with max_steps=2 runs its half cosine over step ∈ [0, 1]: step = progress.
+    return cosine_schedule(step=min(max(progress, 0.0), 1.0), max_steps=2, start_value=base,
+                           end_value=end)
+
+
+class BYOLModel(SSLModel):
+    def __init__(self, encoder: nn.Module, projector: nn.Module, predictor: nn.Module,
+                 views: tuple[ViewConfig, ViewConfig], momentum: tuple[float, float],
+                 bn_views: str) -> None:
+        super().__init__(encoder, bn_views)
+        self.projector = projector
+        self.predictor = predictor
+        self.target_encoder = copy.deepcopy(encoder)
+        self.target_projector = copy.deepcopy(projector)
+        deactivate_requires_grad(self.target_encoder)
+        deactivate_requires_grad(self.target_projector)
+        self.criterion = NegativeCosineSimilarity()
+        self.views = views
+        self.momentum_base, self.momentum_end = momentum
+        self.momentum = self.momentum_base
+        """The τ of the latest EMA update."""
+
+    def online(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictor(self.projector(self.encoder(x)[-1].mean(dim=(2, 3))))
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        return self.target_projector(self.target_encoder(x)[-1].mean(dim=(2, 3)))
+
+    def training_loss(self, pool: ImagePool, index: torch.Tensor,
+                      generator: torch.Generator) -> torch.Tensor:
+        v1 = make_views(pool, index, self.views[0], generator).images
+        v2 = make_views(pool, index, self.views[1], generator).images
+        p1, p2 = self.forward_views(self.online, v1, v2)
+        with torch.no_grad():
+            z1, z2 = self.forward_views(self.target, v1, v2)
+        return 0.5 * (self.criterion(p1, z2) + self.criterion(p2, z1))
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        self.momentum = target_momentum(progress, self.momentum_base, self.momentum_end)
+        update_momentum(self.encoder, self.target_encoder, self.momentum)
+        update_momentum(self.projector, self.target_projector, self.momentum)
+
+
+@register_method
+class BYOL(SSLMethod):
+    name = "byol"
+    description = "BYOL: online predictor vs EMA target (τ 0.99→1 cosine), symmetric cosine loss"
+    Params = BYOLParams
+    profiles = BYOL_PROFILES
+
+    def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
+        p = self.params
+        if not 0.0 <= p.momentum_base <= p.momentum_end <= 1.0:
+            raise BenchError("byol: need 0 ≤ momentum_base ≤ momentum_end ≤ 1, got "
+                             f"{p.momentum_base} and {p.momentum_end}")
+        if not 0.0 < p.min_scale <= 1.0:
+            raise BenchError(f"byol: min_scale must be in (0, 1], got {p.min_scale}")
+        projector = BYOLProjectionHead(encoder_channels(encoder)[-1], p.hidden_dim, p.output_dim)
+        predictor = BYOLPredictionHead(p.output_dim, p.hidden_dim, p.output_dim)
+        scale = (p.min_scale, 1.0)
+        views = (ViewConfig(size=cfg.view_size, scale=scale, blur=1.0),
+                 ViewConfig(size=cfg.view_size, scale=scale, blur=0.1))
+        return BYOLModel(encoder, projector, predictor, views, (p.momentum_base, p.momentum_end),
+                         cfg.bn_views)
