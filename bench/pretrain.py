@@ -109,8 +109,7 @@ def _train(method: SSLMethod, ctx: EncoderContext, folder: Path) -> PretrainResu
         for epoch in range(start_epoch, cfg.epochs):
             epoch_loss, started = 0.0, time.perf_counter()
             for step in range(steps_per_epoch):
-                index = torch.randint(len(pool), (cfg.batch_size,), generator=generator,
-                                      device=ctx.device)
+                index = sample_batch(len(pool), cfg.batch_size, generator)
                 loss = step_fn(pool, index, generator)
                 value = loss.item()
                 if not math.isfinite(value):
@@ -135,6 +134,15 @@ def _train(method: SSLMethod, ctx: EncoderContext, folder: Path) -> PretrainResu
     _write_card(folder, method, ctx, cfg, losses)
     (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
     return PretrainResult(state, folder, False, losses)
+
+
+def sample_batch(pool_size: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Pool indices of one batch: without replacement when the pool is large enough, so no
+    image is its own in-batch negative."""
+    device = generator.device
+    if pool_size >= batch_size:
+        return torch.randperm(pool_size, generator=generator, device=device)[:batch_size]
+    return torch.randint(pool_size, (batch_size,), generator=generator, device=device)
 
 
 def _check(cfg: PretrainConfig, name: str) -> None:

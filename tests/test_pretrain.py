@@ -111,3 +111,12 @@ def test_wrong_encoder_weights_are_an_error_not_a_random_init(tmp_path):
     state = smp.encoders.get_encoder("resnet34", weights=None).state_dict()
     with pytest.raises(BenchError, match="refusing to fall back"):
         build_segmenter(get_profile("smoke").finetune, 3, state)
+
+
+def test_batches_have_no_repeated_image_when_the_pool_allows():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        index = pretrain.sample_batch(10, 8, generator)
+        assert len(set(index.tolist())) == 8 and int(index.max()) < 10
+    small = pretrain.sample_batch(3, 8, generator)
+    assert len(small) == 8 and set(small.tolist()) <= {0, 1, 2}
