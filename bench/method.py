@@ -39,6 +39,39 @@ class NoParams:
     """A method without tunable hyperparameters."""
 
 
+@dataclass(frozen=True)
+class SearchDim:
+    """One hyperparameter's range for ``bench tune`` (an Optuna distribution, without optuna).
+
+    ``kind`` is ``float`` (``low``..``high``, ``log`` scale optional), ``int`` (``step``) or
+    ``choice`` (``choices``). Build with ``SearchDim.real``, ``SearchDim.integer``, ``SearchDim.choice``.
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: int | None = None
+    choices: tuple[Any, ...] = ()
+
+    @classmethod
+    def real(cls, low: float, high: float, log: bool = False) -> "SearchDim":
+        return cls("float", low, high, log)
+
+    @classmethod
+    def integer(cls, low: int, high: int, log: bool = False, step: int = 1) -> "SearchDim":
+        return cls("int", low, high, log, step)
+
+    @classmethod
+    def choice(cls, *choices: Any) -> "SearchDim":
+        return cls("choice", choices=tuple(choices))
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "choice":
+            return value in self.choices
+        return isinstance(value, (int, float)) and self.low <= value <= self.high
+
+
 class Method(ABC):
     """Base class: subclasses set ``name``, ``description`` and implement ``encoder_state``.
 
@@ -65,6 +98,16 @@ class Method(ABC):
 
     def params_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.params)
+
+    @classmethod
+    def search_space(cls, profile: str) -> dict[str, SearchDim]:
+        """What ``bench tune`` searches at this profile: parameter name → range.
+
+        Keys are ``Params`` fields or, for SSL methods, pretraining-loop settings (``lr``,
+        ``epochs``... see ``bench.ssl.PretrainConfig``): anything ``--param`` accepts. Empty: the
+        method has nothing to tune.
+        """
+        return {}
 
     def pretrain_config(self, ctx: EncoderContext) -> dict[str, Any] | None:
         """Everything that determines this method's pretraining, or None without pretraining."""

@@ -24,10 +24,10 @@ from torch import nn
 
 from bench.augment import ViewConfig
 from bench.errors import BenchError
-from bench.method import EncoderContext
+from bench.method import EncoderContext, SearchDim
 from bench.registry import register_method
 from bench.ssl import PretrainConfig, SSLMethod, SSLModel
-from methods.simclr import PooledContrastModel, encoder_channels
+from methods.simclr import PooledContrastModel, encoder_channels, engine_search_space
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,11 @@ class MatSSL(SSLMethod):
     description = "MatSSL: gated fusion of the 4 pooled ResNet stages + SimCLR head, NT-Xent τ=0.07"
     Params = MatSSLParams
     profiles = MATSSL_PROFILES
+
+    @classmethod
+    def search_space(cls, profile: str) -> dict[str, SearchDim]:
+        return {"temperature": SearchDim.real(0.03, 0.5, log=True),
+                **engine_search_space(cls.profiles, profile)}
 
     def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
         p = self.params

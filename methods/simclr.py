@@ -18,7 +18,7 @@ from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
 from bench.augment import ImagePool, ViewConfig, make_views
-from bench.method import EncoderContext
+from bench.method import EncoderContext, SearchDim
 from bench.registry import register_method
 from bench.ssl import PretrainConfig, SSLMethod, SSLModel
 
@@ -38,6 +38,17 @@ SIMCLR_PROFILES = {
     "standard": PretrainConfig(epochs=100, batch_size=128, view_size=224, lr=0.15, warmup_epochs=10),
     "paper": PretrainConfig(epochs=100, batch_size=32, view_size=224, lr=0.1),
 }
+
+
+def engine_search_space(profiles: dict[str, PretrainConfig], profile: str) -> dict[str, SearchDim]:
+    """``bench tune`` ranges for the pretraining loop, around the profile's settings: learning rate
+    ÷10..×10 (log), epochs ½..×2, weight decay 1e-7..1e-3 (log)."""
+    base = profiles.get(profile) or profiles["standard"]
+    return {
+        "lr": SearchDim.real(base.lr / 10, base.lr * 10, log=True),
+        "epochs": SearchDim.integer(max(1, base.epochs // 2), max(2, base.epochs * 2)),
+        "weight_decay": SearchDim.real(1e-7, 1e-3, log=True),
+    }
 
 
 class PooledContrastModel(SSLModel):
@@ -72,6 +83,11 @@ class SimCLR(SSLMethod):
     description = "SimCLR: NT-Xent between two augmented views (lightly head and loss)"
     Params = SimCLRParams
     profiles = SIMCLR_PROFILES
+
+    @classmethod
+    def search_space(cls, profile: str) -> dict[str, SearchDim]:
+        return {"temperature": SearchDim.real(0.05, 1.0, log=True),
+                **engine_search_space(cls.profiles, profile)}
 
     def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
         p = self.params

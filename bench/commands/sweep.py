@@ -1,0 +1,206 @@
+"""``bench sweep``: the whole grid (methods × datasets × shots × draws) as one Optuna study, run by workers.
+
+Each grid point becomes an enqueued trial of the study ``--name`` (default ``sweep-<profile>``) in
+``--storage``; workers take waiting trials and run each with ``run``'s pipeline. Re-running the same
+command enqueues only what is missing (failed grid points again) and skips results already in the
+store. Grid points with more shots than a dataset's pool are skipped with a note.
+
+Workers: ``--workers N`` local processes (default: one per GPU × ``--workers-per-gpu``, each pinned
+with CUDA_VISIBLE_DEVICES; one on CPU, which runs in this process); ``--workers 0`` only enqueues
+(start workers with the printed ``bench worker`` command on any machine); ``--launcher slurm``
+submits N workers as a SLURM job array (submitit). ``bench status --name NAME`` shows progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from pathlib import Path
+
+from bench.commands._common import add_run_options, finetune_overrides, parse_params
+from bench.commands.worker import add_study_options
+from bench.errors import BenchError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="the full grid as one Optuna study, run by local, remote or SLURM workers",
+                       description=__doc__)
+    p.add_argument("--methods", default="all", help="comma list of methods, or 'all' (default: all)")
+    p.add_argument("--datasets", default="metaldam", help="comma list of dataset cards (default: metaldam)")
+    p.add_argument("--shots", default="1", help="comma list of shots levels, e.g. 1,2,4,8,all (default: 1)")
+    p.add_argument("--draws", type=int, default=1, help="seeded draws per shots level (default: 1)")
+    add_run_options(p)
+    if "--params" not in p._option_string_actions:  # the lead may add it to the shared run options
+        p.add_argument("--params", metavar="best|FILE",
+                       help="start from tuned parameters: 'best' = the `bench tune` result for each "
+                            "method, dataset and profile (methods without a search space keep defaults), "
+                            "or a JSON file; --param values override them")
+    add_study_options(p)
+    p.add_argument("--workers", type=int,
+                   help="worker processes (default: one per GPU × --workers-per-gpu, else 1 in this "
+                        "process); 0: only enqueue")
+    p.add_argument("--workers-per-gpu", type=int, default=1, help="workers sharing each GPU (default: 1)")
+    p.add_argument("--log-dir", help="local workers' logs (default: logs/<name> beside the results store)")
+    p.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                   help="local processes, or a SLURM job array of --workers workers (default: local)")
+    slurm = p.add_argument_group("SLURM (with --launcher slurm)")
+    slurm.add_argument("--slurm-time", type=int, default=24 * 60, metavar="MIN",
+                       help="time limit per worker in minutes (default: 1440)")
+    slurm.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per worker (default: 1)")
+    slurm.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per worker (default: 8)")
+    slurm.add_argument("--slurm-mem-gb", type=float, help="memory per worker in GB")
+    slurm.add_argument("--slurm-partition", help="partition")
+    slurm.add_argument("--slurm-account", help="account")
+    slurm.add_argument("--slurm-qos", help="quality of service")
+    slurm.add_argument("--slurm-setup", action="append", default=[], metavar="LINE",
+                       help="shell line run before each worker, e.g. 'module load cuda' (repeatable)")
+    slurm.add_argument("--slurm-folder", help="submitit folder for scripts and logs "
+                       "(default: slurm/<name> beside the results store)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench.console import console, err_console
+    from bench.store import ResultStore, default_store_url
+    from bench.studies import (count_study, create_study, default_storage_url, fail_stale, masked,
+                               open_storage, results_dir, status_renderable)
+    from bench.sweep import (Grid, enqueue, expand_grid, expand_methods, interrupted_runs_hook,
+                             split_list, split_params)
+    from bench.tune import resolve_params
+
+    store_url = args.store or default_store_url()
+    methods, datasets = expand_methods(args.methods), split_list(args.datasets)
+    if not datasets:
+        raise BenchError("--datasets names no dataset")
+    per_method, param_notes = split_params(methods, parse_params(args.param))
+    params = {(m, d): resolve_params(m, d, args.profile, per_method[m], args.params, store_url)
+              for m in methods for d in datasets}
+    grid = Grid(methods=methods, datasets=datasets, shots=split_list(args.shots), draws=args.draws,
+                profile=args.profile, init=args.init, split=args.split, seed=args.seed,
+                params=params, finetune=finetune_overrides(args))
+    specs, notes = expand_grid(grid, args.data_root)
+    for note in param_notes + notes:
+        err_console.print(f"[yellow]{note}[/]", highlight=False)
+    if not specs:
+        raise BenchError("the grid is empty: every shots level is larger than its dataset's pool")
+
+    name = args.name or f"sweep-{args.profile}"
+    storage_url = args.storage or default_storage_url(store_url)
+    opened = open_storage(storage_url, args.heartbeat, args.grace)
+    opened.callback.hooks.append(interrupted_runs_hook(ResultStore(store_url)))
+    study = create_study(opened, name)
+    study.set_user_attr("kind", "sweep")
+    study.set_user_attr("store", masked(store_url))
+    fail_stale(study)
+    report = enqueue(study, specs)
+    console.print(
+        f"sweep '{name}' ({opened.shown}): {len(specs)} grid points — {report.added} enqueued"
+        + (f" ({report.retried} failed before, retried)" if report.retried else "")
+        + f", {report.done} done, {report.pending} already waiting or running", highlight=False)
+
+    options = ["--store", store_url, "--heartbeat", str(args.heartbeat), "--compile", args.compile]
+    options += ["--grace", str(args.grace)] if args.grace else []
+    options += ["--data-root", args.data_root] if args.data_root else []
+    options += ["--cache-dir", args.cache_dir] if args.cache_dir else []
+    shown_options = [masked(o) if o == store_url else o for o in options]  # no password on screen
+    join = shlex.join(["python", "-m", "bench", "worker", "--storage", masked(storage_url),
+                       "--name", name, *shown_options])
+
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
+        console.print(status_renderable(name, count_study(study), opened.shown))
+        return 0 if report.done == len(specs) else 1
+    if args.launcher == "slurm":
+        return _slurm(args, name, storage_url, store_url, options, results_dir(store_url))
+    if args.workers == 0:
+        console.print(f"no local workers (--workers 0). Start workers on any machine with:\n  {join}\n"
+                      f"and follow progress with: python -m bench status --name {name}"
+                      + ("" if args.storage else f" --storage {shlex.quote(masked(storage_url))}"),
+                      highlight=False, soft_wrap=True)
+        return 0
+
+    from bench.workers import plan_local_workers, visible_gpus
+
+    gpus = visible_gpus() if args.device in ("auto", "cuda") else []
+    plan = plan_local_workers(args.workers, args.workers_per_gpu, args.device, gpus)
+    if len(plan) == 1 and not plan[0].env:
+        from bench.commands.worker import run_worker
+
+        run_worker(study, opened, args, store_url, add_hook=False)  # the hook is in place
+    else:
+        log_dir = Path(args.log_dir) if args.log_dir else results_dir(store_url) / "logs" / name
+        _run_local(study, opened.shown, name, plan, storage_url, options, log_dir)
+    counts = count_study(study)
+    console.print(status_renderable(name, counts, opened.shown))
+    if counts.done < counts.total:
+        err_console.print(f"{counts.total - counts.done} grid points not done; re-run the same command "
+                          "to retry them (done ones are skipped)")
+        return 1
+    return 0
+
+
+def _run_local(study, shown: str, name: str, plan, storage_url: str, options: list[str],
+               log_dir: Path) -> None:
+    """Start the local worker processes and show the study live until they exit."""
+    from rich.live import Live
+
+    from bench.console import err_console
+    from bench.studies import count_study, status_renderable
+    from bench.workers import start_local_workers
+
+    procs = start_local_workers(plan, storage_url, name, options, log_dir)
+    pinned = [w.env.get("CUDA_VISIBLE_DEVICES") for w in plan]
+    err_console.print(f"{len(procs)} local workers"
+                      + (f" on GPUs {', '.join(p for p in pinned if p)}" if any(pinned) else "")
+                      + f"; logs in {log_dir}", highlight=False)
+    try:
+        with Live(status_renderable(name, count_study(study), shown), console=err_console,
+                  refresh_per_second=1, transient=True) as live:
+            while any(proc.poll() is None for proc, _ in procs):
+                time.sleep(2.0)
+                live.update(status_renderable(name, count_study(study), shown))
+    except KeyboardInterrupt:
+        _stop(procs)
+        raise
+    for i, (proc, log) in enumerate(procs):
+        if proc.returncode:
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            err_console.print(f"[red]worker {i} exited with status {proc.returncode}[/]; end of {log}:\n"
+                              + "\n".join(tail), highlight=False)
+
+
+def _stop(procs) -> None:
+    """Ctrl-C: workers got SIGINT too (same process group) and fail their trial; wait, then kill."""
+    deadline = time.time() + 30
+    for proc, _ in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+        except Exception:
+            proc.kill()
+
+
+def _slurm(args: argparse.Namespace, name: str, storage_url: str, store_url: str,
+           options: list[str], results: Path) -> int:
+    from bench.console import console, err_console
+    from bench.workers import SlurmSettings, submit_slurm
+
+    for what, url in (("study storage", storage_url), ("results store", store_url)):
+        if url.startswith("sqlite"):
+            err_console.print(f"[yellow]warning:[/] the {what} is SQLite ({url}): workers on other nodes "
+                              "need a shared one: PostgreSQL (postgresql+psycopg://...) or, for the "
+                              "study, journal:///shared/path.log", highlight=False)
+    settings = SlurmSettings(
+        folder=Path(args.slurm_folder) if args.slurm_folder else results / "slurm" / name,
+        workers=args.workers if args.workers is not None else 1,
+        time_min=args.slurm_time, gpus_per_task=args.slurm_gpus, cpus_per_task=args.slurm_cpus,
+        mem_gb=args.slurm_mem_gb, partition=args.slurm_partition, account=args.slurm_account,
+        qos=args.slurm_qos, setup=tuple(args.slurm_setup), job_name=f"bench-{name}",
+    )
+    argv = ["worker", "--storage", storage_url, "--name", name, *options, "--device", args.device]
+    jobs = submit_slurm(settings, argv)
+    console.print(f"submitted {len(jobs)} SLURM workers: job {jobs[0].job_id.split('_')[0]} "
+                  f"(logs in {settings.folder}); follow with: python -m bench status --name {name}",
+                  highlight=False)
+    return 0

@@ -1,0 +1,103 @@
+"""``bench tune``: Optuna TPE over a method's search space, pruned on validation mIoU.
+
+Each trial pretrains (cached per setting) and fine-tunes ``--draws`` draws of one ``--shots``
+level; its value is the MEAN VALIDATION mIoU of the validation-selected models (test is never
+read). ``MedianPruner`` stops trials whose running validation score falls behind. The first trial
+is the method's current settings. Tune runs are stored in their own results store (default
+``tune.sqlite`` beside the main store), never in the leaderboard's. The best parameters are saved
+to ``tuned/<method>-<dataset>-<profile>.json`` beside the main store, for ``--params best``.
+Re-running the same command tops the study up to ``--trials`` finished trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bench.commands._common import add_run_options, finetune_overrides, parse_params
+from bench.commands.worker import add_study_options
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="hyperparameter search (Optuna TPE + median pruning on validation mIoU)",
+                       description=__doc__)
+    p.add_argument("--method", default="matssl", help="method to tune (default: matssl)")
+    p.add_argument("--dataset", default="metaldam", help="dataset card (default: metaldam)")
+    p.add_argument("--shots", default="1", help="one shots level (default: 1)")
+    p.add_argument("--draws", type=int, default=2, help="draws per trial; the objective is their mean (default: 2)")
+    p.add_argument("--trials", type=int, default=50, help="finished (complete or pruned) trials to reach (default: 50)")
+    add_run_options(p)
+    p._option_string_actions["--store"].help = (
+        "results store for the tune runs (default: tune.sqlite beside the main store, "
+        "$BENCH_STORE or results/bench.sqlite, so the leaderboard never sees them)")
+    p._option_string_actions["--param"].help = (
+        "fix a parameter (not searched), repeatable: KEY=VALUE")
+    add_study_options(p)
+    p.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler (default: random)")
+    p.add_argument("--pruner", choices=["median", "none"], default="median", help="default: median")
+    p.add_argument("--tuned-dir", help="where to save the best parameters "
+                   "(default: $BENCH_TUNED_DIR, else tuned/ beside the main results store)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from optuna.trial import TrialState
+    from rich.table import Table
+
+    from bench.console import console
+    from bench.errors import BenchError
+    from bench.protocol import parse_shots
+    from bench.registry import get_method
+    from bench.runner import make_env
+    from bench.store import default_store_url
+    from bench.studies import default_storage_url, masked, open_storage
+    from bench.tune import (TuneTask, default_tune_store, enqueue_defaults, run_tuning, save_best,
+                            search_space, tune_objective, tune_study, tuned_dir, tuned_path)
+
+    if args.draws < 1 or args.trials < 1:
+        raise BenchError("--draws and --trials must be ≥ 1")
+    if "," in args.shots:
+        raise BenchError("tune takes one --shots level (e.g. --shots 1)")
+    parse_shots(args.shots)
+    main_store = default_store_url()
+    tune_store = args.store or default_tune_store(main_store)
+    fixed = parse_params(args.param)
+    method_cls = get_method(args.method)
+    space = search_space(method_cls, args.profile, fixed)
+    task = TuneTask(method=args.method, dataset=args.dataset, shots=args.shots, draws=args.draws,
+                    profile=args.profile, init=args.init, split=args.split, seed=args.seed,
+                    params=fixed, finetune=finetune_overrides(args))
+    opened = open_storage(args.storage or default_storage_url(main_store), args.heartbeat, args.grace)
+    name = args.name or task.default_name()
+    study = tune_study(opened, name, task, args.sampler_seed, args.pruner)
+    env = make_env(args.data_root, tune_store, args.device, args.cache_dir, False, args.compile)
+    enqueue_defaults(study, method_cls(fixed), space, args.profile)
+    console.print(f"tuning {args.method} on {args.dataset} ({args.shots}-shot, draws: {args.draws}, "
+                  f"{args.profile} profile; {args.trials} trials) over {', '.join(space)}: study "
+                  f"'{name}' in {opened.shown}; tune runs stored in {masked(tune_store)}",
+                  highlight=False)
+    directory = Path(args.tuned_dir) if args.tuned_dir else tuned_dir(main_store)
+    path = tuned_path(args.method, args.dataset, args.profile, directory)
+    try:
+        run_tuning(study, tune_objective(task, env, space), args.trials)
+    finally:  # also on Ctrl-C: keep the best found so far
+        record = None
+        if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            record = save_best(study, task, path, opened.shown)
+    if record is None:
+        raise BenchError(f"no trial of study '{name}' completed: nothing to save (see the errors above)")
+    console.print(f"best: trial {record['trial']} of '{name}', mean validation mIoU "
+                  f"{100 * record['value']:.2f}"
+                  + (f" (the defaults: {100 * record['defaults_value']:.2f})"
+                     if record["defaults_value"] is not None else ""), highlight=False)
+    table = Table()
+    table.add_column("parameter")
+    table.add_column("value", justify="right")
+    for key, value in sorted(record["searched"].items()):
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+    shown = opened.url if opened.url == masked(opened.url) else "<storage URL>"
+    console.print(f"trials: {record['trials']}; saved to {path}. Use it with --params best; browse "
+                  f"the study with: optuna-dashboard {shown}", highlight=False, soft_wrap=True)
+    return 0

@@ -1,0 +1,294 @@
+"""Workers: take waiting trials from a study's storage and run them; start workers locally or on SLURM.
+
+The queue is the Optuna study itself. A worker claims the oldest WAITING trial the way Optuna's
+``Study.ask`` pops enqueued trials (``storage.set_trial_state_values(id, RUNNING)``, which only one
+process can win), but never creates a new trial when none is waiting: it stops instead (after
+waiting for running trials to finish or go stale, so a killed worker's trial is retried).
+While a trial runs, a thread records its heartbeat; ``fail_stale_trials`` (called by every worker
+before each claim) fails trials whose heartbeat stopped and the storage's retry callback
+re-enqueues them.
+
+This module imports neither torch nor the runner (the objective does).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from bench.studies import OpenedStorage, fail_stale, is_heartbeat_enabled
+
+Objective = Callable[[optuna.Trial], float]
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim(study: optuna.Study, opened: OpenedStorage) -> optuna.Trial | None:
+    """The oldest waiting trial, now RUNNING and ours; None when nothing is waiting."""
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            won = opened.storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        if won:
+            return optuna.Trial(study, frozen._trial_id)
+    return None
+
+
+class Heartbeat:
+    """Records the trial's heartbeat now and every interval until the block ends."""
+
+    def __init__(self, opened: OpenedStorage, trial_id: int) -> None:
+        self.storage = opened.storage
+        self.trial_id = trial_id
+        self.enabled = is_heartbeat_enabled(self.storage)
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        try:
+            self.storage.record_heartbeat(self.trial_id)  # type: ignore[attr-defined]
+        except Exception:  # a busy database must not kill the run; the next beat retries
+            pass
+
+    def loop(self) -> None:
+        interval = self.storage.get_heartbeat_interval()  # type: ignore[attr-defined]
+        while not self.stop.wait(interval):
+            self.beat()
+
+    def __enter__(self) -> "Heartbeat":
+        if self.enabled:
+            self.beat()
+            self.thread = threading.Thread(target=self.loop, daemon=True, name="heartbeat")
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+@dataclass
+class WorkerReport:
+    completed: int = 0
+    failed: int = 0
+    pruned: int = 0
+    trials: list[int] = field(default_factory=list)
+
+
+def work(study: optuna.Study, opened: OpenedStorage, objective: Objective, *, wait: bool = True,
+         poll: float = 5.0, max_trials: int | None = None, max_failures_in_a_row: int = 3,
+         log: Callable[[str], None] = print) -> WorkerReport:
+    """Run waiting trials until none is left (and, with ``wait``, none is running elsewhere).
+
+    Each trial's outcome is told to the study: its value (COMPLETE), PRUNED on TrialPruned, FAIL
+    with the error in user attribute ``error`` on any other exception. KeyboardInterrupt fails
+    the trial and propagates. After ``max_failures_in_a_row`` failures the worker stops (it is
+    probably misconfigured, e.g. a wrong data root) rather than failing every waiting trial.
+    """
+    report = WorkerReport()
+    me = worker_id()
+    in_a_row = 0
+    while max_trials is None or len(report.trials) < max_trials:
+        if max_failures_in_a_row and in_a_row >= max_failures_in_a_row:
+            log(f"[{me}] stopping: {in_a_row} trials in a row failed (see their errors above)")
+            break
+        fail_stale(study)
+        trial = claim(study, opened)
+        if trial is None:
+            if wait and study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+                time.sleep(poll)
+                continue
+            break
+        with Heartbeat(opened, trial._trial_id):  # from the claim on: a crash any later is seen
+            try:
+                trial.set_user_attr("worker", me)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # failed as stale between the claim and now; its retry is waiting
+            report.trials.append(trial.number)
+            label = trial.user_attrs.get("label", f"trial {trial.number}")
+            log(f"[{me}] trial {trial.number}: {label}")
+            started = time.time()
+            value: float | None = None
+            try:
+                value = objective(trial)
+                state = TrialState.COMPLETE
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except KeyboardInterrupt:
+                _tell(study, trial, TrialState.FAIL, None, "interrupted")
+                raise
+            except Exception as exc:  # recorded on the trial; the worker goes on
+                _tell(study, trial, TrialState.FAIL, None, f"{type(exc).__name__}: {exc}")
+                report.failed += 1
+                in_a_row += 1
+                log(f"[{me}] trial {trial.number} failed ({time.time() - started:.0f} s): "
+                    f"{type(exc).__name__}: {exc}")
+                continue
+            _tell(study, trial, state, value, None)
+        in_a_row = 0
+        if state == TrialState.PRUNED:
+            report.pruned += 1
+            log(f"[{me}] trial {trial.number} pruned ({time.time() - started:.0f} s)")
+        else:
+            report.completed += 1
+            log(f"[{me}] trial {trial.number} done: value {value:.4f} ({time.time() - started:.0f} s)")
+    return report
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None,
+          error: str | None) -> None:
+    try:
+        if error is not None:
+            trial.set_user_attr("error", error[-2000:])
+        if state == TrialState.COMPLETE:
+            study.tell(trial, value, skip_if_finished=True)
+        else:
+            study.tell(trial, state=state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # another worker failed it as stale meanwhile; its retry settles the grid point
+
+
+# --- Starting workers ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LocalWorker:
+    """One local worker process: extra environment (GPU pinning) and the --device it gets."""
+
+    env: dict[str, str]
+    device: str
+
+
+def plan_local_workers(workers: int | None, per_gpu: int, device: str,
+                       gpus: list[str]) -> list[LocalWorker]:
+    """One worker per GPU (× ``per_gpu``), each pinned with CUDA_VISIBLE_DEVICES, when ``device``
+    is auto/cuda and GPUs exist; else ``workers`` (default 1) on ``device``. An explicit
+    ``workers`` count is spread round-robin over the GPUs."""
+    if workers is not None and workers < 0:
+        from bench.errors import BenchError
+
+        raise BenchError("--workers must be ≥ 0")
+    if per_gpu < 1:
+        from bench.errors import BenchError
+
+        raise BenchError("--workers-per-gpu must be ≥ 1")
+    if gpus and device in ("auto", "cuda"):
+        count = len(gpus) * per_gpu if workers is None else workers
+        return [LocalWorker({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]}, "cuda") for i in range(count)]
+    count = 1 if workers is None else workers
+    return [LocalWorker({}, device) for _ in range(count)]
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this machine lets us use, as CUDA_VISIBLE_DEVICES entries."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed:
+        return [g.strip() for g in listed.split(",") if g.strip()][: torch.cuda.device_count()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def worker_command(storage: str, name: str, options: list[str]) -> list[str]:
+    return [sys.executable, "-m", "bench", "worker", "--storage", storage, "--name", name, *options]
+
+
+def start_local_workers(plan: list[LocalWorker], storage: str, name: str, options: list[str],
+                        log_dir: Path) -> list[tuple[subprocess.Popen, Path]]:
+    """Start ``python -m bench worker`` processes; each one's output goes to its log file."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    root = str(Path(__file__).resolve().parent.parent)
+    started = []
+    for i, w in enumerate(plan):
+        env = {**os.environ, **w.env, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        log_path = log_dir / f"worker-{i}.log"
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen(worker_command(storage, name, [*options, "--device", w.device]),
+                                    stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        started.append((proc, log_path))
+    return started
+
+
+# --- SLURM -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    folder: Path
+    workers: int
+    time_min: int = 24 * 60
+    gpus_per_task: int = 1
+    cpus_per_task: int | None = 8
+    mem_gb: float | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    array_parallelism: int | None = None
+    setup: tuple[str, ...] = ()
+    job_name: str = "bench-worker"
+
+
+def slurm_parameters(s: SlurmSettings) -> dict[str, Any]:
+    """The ``SlurmExecutor.update_parameters`` keywords for the worker array."""
+    params: dict[str, Any] = {"job_name": s.job_name, "time": s.time_min, "nodes": 1,
+                              "ntasks_per_node": 1, "gpus_per_node": s.gpus_per_task,
+                              "array_parallelism": s.array_parallelism or s.workers}
+    mem = None
+    if s.mem_gb is not None:
+        mem = f"{int(s.mem_gb)}GB" if s.mem_gb == int(s.mem_gb) else f"{int(s.mem_gb * 1024)}MB"
+    optional = {"cpus_per_task": s.cpus_per_task, "mem": mem, "partition": s.partition,
+                "account": s.account, "qos": s.qos, "setup": list(s.setup) or None}
+    params.update({k: v for k, v in optional.items() if v is not None})
+    if not s.gpus_per_task:
+        params.pop("gpus_per_node")
+    return params
+
+
+def slurm_executor(s: SlurmSettings) -> Any:
+    """A submitit ``SlurmExecutor`` set up for the worker array (needs ``srun`` on PATH)."""
+    import submitit
+
+    from bench.errors import BenchError
+
+    if s.workers < 1:
+        raise BenchError("--launcher slurm needs --workers ≥ 1 (the job array's size)")
+    try:
+        executor = submitit.SlurmExecutor(folder=str(s.folder / "%j"))
+    except RuntimeError as exc:  # no srun: not on a SLURM cluster
+        raise BenchError(f"--launcher slurm: {exc}") from None
+    executor.update_parameters(**slurm_parameters(s))
+    return executor
+
+
+def submit_slurm(s: SlurmSettings, argv: list[str]) -> list[Any]:
+    """Submit ``s.workers`` copies of ``python -m bench <argv>`` as one SLURM job array."""
+    executor = slurm_executor(s)
+    return executor.map_array(slurm_task, [argv] * s.workers, list(range(s.workers)))
+
+
+def slurm_task(argv: list[str], index: int) -> int:
+    """What each array task runs (pickled by submitit): ``python -m bench <argv>`` in-process."""
+    from bench.cli import main
+
+    print(f"SLURM array task {index}: python -m bench {shlex.join(argv)}", flush=True)
+    code = main(argv)
+    if code:
+        raise SystemExit(code)
+    return code
