@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from bench.augment import ImagePool
-from bench.method import EncoderContext, EncoderState, Method, build_params
+from bench.method import EncoderContext, EncoderState, Method, SearchDim, build_params
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,21 @@ class SSLMethod(Method):
         engine = {k: params.pop(k) for k in list(params) if k in ENGINE_FIELDS}
         self.engine_overrides = engine
         super().__init__(params)
+
+    @classmethod
+    def search_space(cls, profile: str) -> dict[str, SearchDim]:
+        """The pretraining loop's ``bench tune`` ranges around the profile's settings: learning rate
+        ÷10..×10 (log), epochs ½..×2, and weight decay 1e-7..1e-3 (log) where the profile uses
+        any (a schedule without weight decay, as PSCL's Adam, keeps none). Methods add their own."""
+        base = cls.profiles.get(profile) or cls.profiles["standard"]
+        space = {
+            "lr": SearchDim.real(base.lr / 10, base.lr * 10, log=True),
+            "epochs": SearchDim.integer(max(1, base.epochs // 2), max(2, base.epochs * 2)),
+        }
+        if base.weight_decay > 0:
+            wd = base.weight_decay
+            space["weight_decay"] = SearchDim.real(min(1e-7, wd), max(1e-3, wd), log=True)
+        return space
 
     def engine_config(self, profile: str) -> PretrainConfig:
         base = self.profiles.get(profile) or self.profiles["standard"]

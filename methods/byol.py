@@ -41,7 +41,7 @@ from torch import nn
 
 from bench.augment import ImagePool, ViewConfig, make_views
 from bench.errors import BenchError
-from bench.method import EncoderContext
+from bench.method import EncoderContext, SearchDim
 from bench.registry import register_method
 from bench.ssl import PretrainConfig, SSLMethod, SSLModel
 from methods.simclr import encoder_channels
@@ -122,6 +122,12 @@ class BYOL(SSLMethod):
     description = "BYOL: online predictor vs EMA target (τ 0.99→1 cosine), symmetric cosine loss"
     Params = BYOLParams
     profiles = BYOL_PROFILES
+
+    @classmethod
+    def search_space(cls, profile: str) -> dict[str, SearchDim]:
+        return {"momentum_base": SearchDim.real(0.9, 0.999),
+                "min_scale": SearchDim.real(0.08, 0.5),
+                **super().search_space(profile)}
 
     def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
         p = self.params

@@ -45,7 +45,7 @@ from torch import nn
 
 from bench.augment import ImagePool, ViewConfig, make_views
 from bench.errors import BenchError
-from bench.method import EncoderContext
+from bench.method import EncoderContext, SearchDim
 from bench.registry import register_method
 from bench.ssl import PretrainConfig, SSLMethod, SSLModel
 from methods.simclr import encoder_channels
@@ -167,6 +167,12 @@ class DenseCL(SSLMethod):
     description = "DenseCL: MoCo-v2 global + dense InfoNCE on feature-matched cells, two queues"
     Params = DenseCLParams
     profiles = DENSECL_PROFILES
+
+    @classmethod
+    def search_space(cls, profile: str) -> dict[str, SearchDim]:
+        return {"temperature": SearchDim.real(0.05, 0.5, log=True),
+                "loss_lambda": SearchDim.real(0.2, 0.8),
+                **super().search_space(profile)}
 
     def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
         p = self.params

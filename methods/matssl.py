@@ -27,7 +27,7 @@ from bench.errors import BenchError
 from bench.method import EncoderContext, SearchDim
 from bench.registry import register_method
 from bench.ssl import PretrainConfig, SSLMethod, SSLModel
-from methods.simclr import PooledContrastModel, encoder_channels, engine_search_space
+from methods.simclr import PooledContrastModel, encoder_channels
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class MatSSL(SSLMethod):
     @classmethod
     def search_space(cls, profile: str) -> dict[str, SearchDim]:
         return {"temperature": SearchDim.real(0.03, 0.5, log=True),
-                **engine_search_space(cls.profiles, profile)}
+                **super().search_space(profile)}
 
     def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
         p = self.params

@@ -72,7 +72,7 @@ from bench.augment import ImagePool, ViewConfig, crop_resize, flip_rotate, jitte
     to_model_input
 from bench.data import LabeledImage
 from bench.errors import BenchError
-from bench.method import EncoderContext
+from bench.method import EncoderContext, SearchDim
 from bench.registry import register_method
 from bench.ssl import PretrainConfig, SSLMethod, SSLModel
 
@@ -463,6 +463,12 @@ class PSCL(SSLMethod):
     uses_labels = True
     Params = PSCLParams
     profiles = PSCL_PROFILES
+
+    @classmethod
+    def search_space(cls, profile: str) -> dict[str, SearchDim]:
+        return {"temperature": SearchDim.real(0.05, 1.0, log=True),
+                "patch_weight": SearchDim.real(0.3, 0.9),
+                **super().search_space(profile)}
 
     def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
         p = self.params

@@ -40,17 +40,6 @@ SIMCLR_PROFILES = {
 }
 
 
-def engine_search_space(profiles: dict[str, PretrainConfig], profile: str) -> dict[str, SearchDim]:
-    """``bench tune`` ranges for the pretraining loop, around the profile's settings: learning rate
-    ÷10..×10 (log), epochs ½..×2, weight decay 1e-7..1e-3 (log)."""
-    base = profiles.get(profile) or profiles["standard"]
-    return {
-        "lr": SearchDim.real(base.lr / 10, base.lr * 10, log=True),
-        "epochs": SearchDim.integer(max(1, base.epochs // 2), max(2, base.epochs * 2)),
-        "weight_decay": SearchDim.real(1e-7, 1e-3, log=True),
-    }
-
-
 class PooledContrastModel(SSLModel):
     """Global contrast: pooled encoder features → projection head → NT-Xent between two views."""
 
@@ -87,7 +76,7 @@ class SimCLR(SSLMethod):
     @classmethod
     def search_space(cls, profile: str) -> dict[str, SearchDim]:
         return {"temperature": SearchDim.real(0.05, 1.0, log=True),
-                **engine_search_space(cls.profiles, profile)}
+                **super().search_space(profile)}
 
     def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
         p = self.params

@@ -32,6 +32,9 @@ def test_declared_search_spaces_are_valid_params() -> None:
             searched[cls.name] = set(space)
     assert {"lr", "temperature", "epochs"} <= searched["simclr"]
     assert {"lr", "temperature", "epochs"} <= searched["matssl"]
+    assert {"lr", "temperature", "loss_lambda"} <= searched["densecl"]
+    assert {"lr", "temperature", "patch_weight"} <= searched["pscl"]
+    assert {"lr", "momentum_base"} <= searched["byol"]
     assert searched["scratch"] == set()
 
 
@@ -109,6 +112,14 @@ def test_tune_finds_a_better_lr_and_saves_it(cli, tmp_path: Path, tmp_store_url:
              for t in load_study(open_storage(storage), "tuned-sweep").get_trials()}
     assert specs["simclr"]["params"]["lr"] == pytest.approx(study.best_params["lr"])
     assert specs["scratch"]["params"] == {}
+
+    # ... and so does `run`.
+    code, out, err = cli(["run", "--method", "simclr", "--dataset", "synthetic", "--profile", "smoke",
+                          "--params", "best"])
+    assert code == 0, out + err
+    assert calls[-1] == (0, pytest.approx(study.best_params["lr"]))
+    code, _, err = cli(["run", "--method", "matssl", "--dataset", "synthetic", "--params", "best"])
+    assert code == 2 and "no tuned parameters for matssl" in err
 
 
 def test_tune_errors(cli) -> None:

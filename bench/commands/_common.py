@@ -41,6 +41,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=int, help="sliding-window inference tile (0: whole image)")
 
 
+def add_params_source(parser: argparse.ArgumentParser) -> None:
+    """``--params best|FILE``: start from the parameters ``bench tune`` saved."""
+    parser.add_argument("--params", metavar="best|FILE",
+                        help="start from tuned parameters: 'best' = the `bench tune` result for the "
+                             "method, dataset and profile (methods without a search space keep their "
+                             "defaults), or a JSON file written by `bench tune`; --param values override them")
+
+
 def finetune_overrides(args: argparse.Namespace) -> dict[str, object]:
     keys = ("arch", "encoder", "steps", "batch_size", "crop", "lr", "eval_every", "tile")
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.commands._common import add_run_options, finetune_overrides, parse_params
+from bench.commands._common import add_params_source, add_run_options, finetune_overrides, parse_params
 from bench.console import console
 from bench.errors import BenchError
 
@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--draws", type=int, default=1, help="seeded draws of the shots (default: 1)")
     p.add_argument("--force", action="store_true", help="redo runs whose config already succeeded")
     add_run_options(p)
+    add_params_source(p)
     p.set_defaults(func=main)
 
 
@@ -25,11 +26,14 @@ def main(args: argparse.Namespace) -> int:
     from bench.finetune import TrainingDiverged
     from bench.pretrain import PretrainFailed
     from bench.runner import RunOutcome, RunSpec, make_env, print_outcomes, run_one
+    from bench.tune import resolve_params
 
     if args.draws < 1:
         raise BenchError("--draws must be ≥ 1")
     env = make_env(args.data_root, args.store, args.device, args.cache_dir, args.force, args.compile)
-    params, overrides = parse_params(args.param), finetune_overrides(args)
+    params = resolve_params(args.method, args.dataset, args.profile, parse_params(args.param),
+                            args.params, args.store)
+    overrides = finetune_overrides(args)
     outcomes = []
     try:
         for shots in [s.strip() for s in args.shots.split(",") if s.strip()]:

@@ -18,7 +18,7 @@ import shlex
 import time
 from pathlib import Path
 
-from bench.commands._common import add_run_options, finetune_overrides, parse_params
+from bench.commands._common import add_params_source, add_run_options, finetune_overrides, parse_params
 from bench.commands.worker import add_study_options
 from bench.errors import BenchError
 
@@ -31,11 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shots", default="1", help="comma list of shots levels, e.g. 1,2,4,8,all (default: 1)")
     p.add_argument("--draws", type=int, default=1, help="seeded draws per shots level (default: 1)")
     add_run_options(p)
-    if "--params" not in p._option_string_actions:  # the lead may add it to the shared run options
-        p.add_argument("--params", metavar="best|FILE",
-                       help="start from tuned parameters: 'best' = the `bench tune` result for each "
-                            "method, dataset and profile (methods without a search space keep defaults), "
-                            "or a JSON file; --param values override them")
+    add_params_source(p)
     add_study_options(p)
     p.add_argument("--workers", type=int,
                    help="worker processes (default: one per GPU × --workers-per-gpu, else 1 in this "
