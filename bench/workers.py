@@ -175,10 +175,12 @@ class LocalWorker:
 
 
 def plan_local_workers(workers: int | None, per_gpu: int, device: str,
-                       gpus: list[str]) -> list[LocalWorker]:
+                       gpus: list[str], cpus: int | None = None) -> list[LocalWorker]:
     """One worker per GPU (× ``per_gpu``), each pinned with CUDA_VISIBLE_DEVICES, when ``device``
     is auto/cuda and GPUs exist; else ``workers`` (default 1) on ``device``. An explicit
-    ``workers`` count is spread round-robin over the GPUs."""
+    ``workers`` count is spread round-robin over the GPUs. Several CPU workers share the ``cpus``
+    cores (default: all): each gets OMP_NUM_THREADS = cores ÷ workers unless the variable is set,
+    since oversubscribed torch threads spin against each other."""
     if workers is not None and workers < 0:
         from bench.errors import BenchError
 
@@ -191,7 +193,10 @@ def plan_local_workers(workers: int | None, per_gpu: int, device: str,
         count = len(gpus) * per_gpu if workers is None else workers
         return [LocalWorker({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]}, "cuda") for i in range(count)]
     count = 1 if workers is None else workers
-    return [LocalWorker({}, device) for _ in range(count)]
+    env = {}
+    if count > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (cpus or os.cpu_count() or 1) // count))
+    return [LocalWorker(dict(env), device) for _ in range(count)]
 
 
 def visible_gpus() -> list[str]:

@@ -64,6 +64,17 @@ def test_local_worker_plan_pins_one_worker_per_gpu() -> None:
     assert plan_local_workers(0, 1, "auto", ["0"]) == []
 
 
+def test_cpu_workers_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.workers import plan_local_workers
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [w.env for w in plan_local_workers(2, 1, "cpu", [], cpus=8)] == [{"OMP_NUM_THREADS": "4"}] * 2
+    assert [w.env for w in plan_local_workers(3, 1, "cpu", [], cpus=2)] == [{"OMP_NUM_THREADS": "1"}] * 3
+    assert [w.env for w in plan_local_workers(1, 1, "cpu", [], cpus=8)] == [{}]  # runs in-process
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice wins
+    assert [w.env for w in plan_local_workers(2, 1, "cpu", [], cpus=8)] == [{}, {}]
+
+
 def test_default_storage_sits_beside_the_results_store(monkeypatch: pytest.MonkeyPatch) -> None:
     from bench.studies import default_storage_url
     from bench.tune import default_tune_store, tuned_dir
