@@ -12,7 +12,7 @@ Storage URLs (``--storage``, else ``$BENCH_OPTUNA_STORAGE``, else beside the res
 Every storage records heartbeats of running trials (Optuna's own for RDB storages; a trial system
 attribute for journal files, whose Optuna storage has none). A trial whose heartbeat is older than
 the grace period is failed by the next worker that looks (``optuna.storages.fail_stale_trials``)
-and re-enqueued once more by ``RetryHeartbeatStaleTrialCallback``.
+and re-enqueued (at most ``MAX_RETRY`` times) by ``RetryHeartbeatStaleTrialCallback``.
 
 SQLite: Optuna claims a waiting trial with ``SELECT ... FOR UPDATE`` then ``UPDATE``, which is
 atomic on PostgreSQL but not with Python's sqlite3 driver (it begins a transaction only at the
