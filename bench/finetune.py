@@ -182,6 +182,8 @@ class EvalPoint:
 class FinetuneResult:
     evals: list[EvalPoint]
     losses: list[float] = field(default_factory=list)
+    compiled: bool = False
+    """Whether the training step ran through ``torch.compile``."""
 
     @property
     def selected(self) -> EvalPoint:
@@ -263,6 +265,59 @@ def lr_lambda(cfg: FinetuneConfig):
     return factor
 
 
+COMPILE_AUTO_MIN_STEPS = 500
+"""``--compile auto`` compiles fine-tuning on CUDA from this many steps on (the warm-up then pays)."""
+
+
+def use_compile(mode: str, steps: int, device: torch.device) -> bool:
+    """Whether ``--compile mode`` compiles a run of ``steps`` fine-tuning steps on ``device``."""
+    return mode == "on" or (mode == "auto" and device.type == "cuda" and steps >= COMPILE_AUTO_MIN_STEPS)
+
+
+class TrainStep:
+    """One fine-tuning optimizer step: a batch of crops, forward (bf16 autocast + channels_last on
+    CUDA), loss, backward, AdamW (fused on CUDA), schedule.
+
+    Compiled (``use_compile``), the forward and loss go through ``torch.compile``; on CUDA in mode
+    ``reduce-overhead``, i.e. CUDA graphs: a few-shot batch is launch-bound, and its shapes are
+    fixed by the crop and batch size. Compiled kernels are cached on disk
+    (``TORCHINDUCTOR_CACHE_DIR``), so later runs of a sweep worker reuse them.
+    """
+
+    def __init__(self, model: nn.Module, sampler: ShotSampler, cfg: FinetuneConfig, num_classes: int,
+                 device: torch.device, compile: str = "off") -> None:
+        self.model, self.sampler, self.device = model, sampler, device
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           fused=device.type == "cuda")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        loss_fn = make_loss(cfg.loss, num_classes)
+
+        def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return loss_fn(_forward(model, x), y)
+
+        self.compiled = use_compile(compile, cfg.steps, device)
+        self.graphs = self.compiled and device.type == "cuda"
+        self.loss_of = (torch.compile(loss_of, mode="reduce-overhead" if self.graphs else None)
+                        if self.compiled else loss_of)
+
+    def __call__(self, batch_size: int, step: int) -> float:
+        """Train on one batch; the loss. TrainingDiverged when it is not finite."""
+        self.model.train()
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        x, y = self.sampler.batch(batch_size)
+        x, y = normalize(x.to(self.device)), y.to(self.device)
+        loss = self.loss_of(x, y)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"fine-tuning loss became {value} at step {step}; try a lower --lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return value
+
+
 def finetune(
     model: nn.Module,
     shots: list[LabeledImage],
@@ -275,39 +330,27 @@ def finetune(
     label: str = "fine-tune",
     keep_predictions: int = 3,
     on_eval: Callable[[int, float], None] | None = None,
+    compile: str = "off",
 ) -> FinetuneResult:
     """Train for ``cfg.steps`` steps, evaluating val (selection) and test (reporting) periodically.
 
     ``on_eval(step, val_score)`` is called after each evaluation (e.g. to report to a pruner,
-    which may stop the run by raising).
+    which may stop the run by raising). ``compile``: ``--compile`` (see ``TrainStep``).
     """
     torch.manual_seed(seed)
     sampler = ShotSampler(shots, cfg.crop, np.random.default_rng(seed))
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    loss_fn = make_loss(cfg.loss, card.num_classes)
+    train_step = TrainStep(model, sampler, cfg, card.num_classes, device, compile)
     protocols = card.all_protocols()
-    result = FinetuneResult(evals=[])
+    result = FinetuneResult(evals=[], compiled=train_step.compiled)
     with progress("loss") as bar:
         task = bar.add_task(label, total=cfg.steps, loss="")
         for step in range(1, cfg.steps + 1):
-            model.train()
-            x, y = sampler.batch(cfg.batch_size)
-            x, y = normalize(x.to(device)), y.to(device)
-            logits = _forward(model, x)
-            loss = loss_fn(logits, y)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"fine-tuning loss became {loss.item()} at step {step}; "
-                                       "try a lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            result.losses.append(loss.item())
-            bar.update(task, advance=1, loss=f"loss {loss.item():.3f}")
+            loss = train_step(cfg.batch_size, step)
+            result.losses.append(loss)
+            bar.update(task, advance=1, loss=f"loss {loss:.3f}")
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 model.eval()
                 val_res = evaluate(model, val, card, protocols[:1], device, cfg.tile)["honest"]

@@ -349,9 +349,9 @@ def measure_engine(method_cls: type, ctx, pool, sizes: PerfSizes, compile_mode: 
 
 
 def measure_finetune(card: DatasetCard, shots, device: torch.device, sizes: PerfSizes,
-                     base_cfg) -> dict[str, Any]:
-    """Optimizer steps/s of ``bench.finetune``'s training step at each shot count."""
-    from bench.finetune import ShotSampler, _forward, build_segmenter, lr_lambda, make_loss, normalize
+                     base_cfg, compile: str = "off") -> dict[str, Any]:
+    """Optimizer steps/s of ``bench.finetune.TrainStep`` (the fine-tuning step) at each shot count."""
+    from bench.finetune import ShotSampler, TrainStep, build_segmenter, use_compile
 
     cfg = dataclasses.replace(base_cfg, arch=sizes.ft_arch, encoder=sizes.ft_encoder,
                               crop=sizes.ft_crop)
@@ -368,33 +368,23 @@ def measure_finetune(card: DatasetCard, shots, device: torch.device, sizes: Perf
             model = build_segmenter(cfg, card.num_classes, None).to(device)
             if device.type == "cuda":
                 model = model.to(memory_format=torch.channels_last)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr,
-                                          weight_decay=cfg.weight_decay)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-            loss_fn = make_loss(cfg.loss, card.num_classes)
             sampler = ShotSampler(shots[:n], cfg.crop, np.random.default_rng(0))
+            train_step = TrainStep(model, sampler, cfg, card.num_classes, device, compile)
 
-            def step(_: int) -> None:
-                model.train()
-                x, y = sampler.batch(batch)
-                x, y = normalize(x.to(device)), y.to(device)
-                loss = loss_fn(_forward(model, x), y)
-                bool(torch.isfinite(loss))  # finetune() checks every step (a sync)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                loss.item()
+            def step(i: int) -> None:
+                train_step(batch, i)
 
             seconds = time_steps(step, sizes.ft_warmup, sizes.ft_steps, device)
         per_shots[key] = {"steps_per_s": sizes.ft_steps / seconds, "batch": batch,
                           "images_per_s": batch * sizes.ft_steps / seconds,
                           "peak_mem_gb": mem.cuda_gb, "peak_rss_delta_gb": mem.rss_delta_gb}
-        del model, optimizer, scheduler, sampler
+        del model, sampler, train_step
         _release(device)
     return {
         "arch": cfg.arch, "encoder": cfg.encoder, "crop": cfg.crop, "loss": cfg.loss,
         "optimizer": "AdamW", "batch_rule": f"min(shots, {sizes.ft_max_batch})",
+        "compiled": ("CUDA graphs (torch.compile, reduce-overhead)" if device.type == "cuda"
+                     else "torch.compile") if use_compile(compile, cfg.steps, device) else None,
         "precision": "bf16 autocast + channels_last (bench.finetune._forward)"
         if device.type == "cuda" else "fp32",
         "warmup": sizes.ft_warmup, "steps": sizes.ft_steps, "per_shots": per_shots,
@@ -650,7 +640,8 @@ def run_perf(opts: PerfOptions) -> dict[str, Any]:
 
     log(f"fine-tuning: {sizes.ft_arch}/{sizes.ft_encoder} at {sizes.ft_crop}², shots "
         f"{', '.join(map(str, sizes.ft_shots))}")
-    finetune = measure_finetune(card, shots, device, sizes, get_profile(opts.profile).finetune)
+    finetune = measure_finetune(card, shots, device, sizes, get_profile(opts.profile).finetune,
+                                opts.compile)
 
     log(f"concurrent 1-shot fine-tunes: N = {', '.join(map(str, sizes.agg_procs))}")
     total_threads = threads if device.type == "cpu" else cpu_count()

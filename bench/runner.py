@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 import math
+import os
 import socket
 import time
 import traceback
@@ -187,7 +188,8 @@ def run_one(spec: RunSpec, env: RunEnv,
         model = build_segmenter(run.cfg, run.card.num_classes, encoder_state)
         label = f"{run.method.name} {run.card.full_name} {spec.shots}-shot draw {spec.draw}"
         result = finetune(model, run.shots, run.data.val, run.data.test, run.card, run.cfg,
-                          env.device, run.config["seed"], label, on_eval=on_eval)
+                          env.device, run.config["seed"], label, on_eval=on_eval,
+                          compile=env.compile)
     except BenchError as exc:
         env.store.fail_run(run_id, str(exc))
         raise
@@ -200,6 +202,7 @@ def run_one(spec: RunSpec, env: RunEnv,
         "predictions": save_predictions(result.selected.predictions,
                                         env.cache_dir / "predictions" / run.hash),
         "selected_step": result.selected.step,
+        "finetune_compiled": result.compiled,
         "losses": result.losses,
         "evals": [{"step": e.step, "val": e.val_score,
                    **{f"test/{k}": v.score for k, v in e.test.items()}} for e in result.evals],
@@ -292,11 +295,14 @@ def make_env(data_root: str | None, store_url: str | None, device: str, cache_di
              force: bool = False, compile: str = "off", with_store: bool = True) -> RunEnv:
     from bench.cache import default_cache_dir
 
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if compile != "off":  # compiled kernels persist beside the pretrainings, for later runs and workers
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache / "inductor").resolve()))
     return RunEnv(
         data_root=resolve_data_root(data_root),
         store=ResultStore(store_url) if with_store else None,
         device=resolve_device(device),
-        cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
+        cache_dir=cache,
         force=force,
         compile=compile,
     )

@@ -36,7 +36,8 @@ def add_worker_env(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--cache-dir", help="pretraining cache (default: $BENCH_CACHE_DIR, else results/cache)")
     parser.add_argument("--compile", default="off", choices=["auto", "on", "off"],
-                        help="torch.compile the pretraining step (default: off)")
+                        help="torch.compile the pretraining and fine-tuning steps (fine-tuning on CUDA: CUDA "
+                             "graphs); auto: on CUDA for runs long enough to repay the warm-up (default: off)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
