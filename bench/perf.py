@@ -286,7 +286,7 @@ def measure_engine(method_cls: type, ctx, pool, sizes: PerfSizes, compile_mode: 
     """One SSL method through the project's engine: its model, the pool, ``_compiled_step``."""
     from segmentation_models_pytorch.encoders import get_encoder
 
-    from bench.pretrain import _compiled_step, build_optimizer, schedule_factor
+    from bench.pretrain import _compiled_step, apply_step, build_optimizer, schedule_factor
 
     device = ctx.device
     method = method_cls({"batch_size": sizes.batch, "view_size": sizes.view_size})
@@ -315,13 +315,7 @@ def measure_engine(method_cls: type, ctx, pool, sizes: PerfSizes, compile_mode: 
             loss = step_fn(pool, index, generator)
             if not math.isfinite(loss.item()):
                 finite[0] = False
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            model.after_step((i + 1) / nominal_steps)
+            apply_step(model, loss, optimizer, scheduler, cfg.grad_clip, (i + 1) / nominal_steps)
 
         seconds = time_steps(step, sizes.warmup, sizes.steps, device)
     views = model.views_per_sample()

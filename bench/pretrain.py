@@ -116,14 +116,8 @@ def _train(method: SSLMethod, ctx: EncoderContext, folder: Path) -> PretrainResu
                     raise PretrainFailed(
                         f"{method.name} pretraining loss became {value} at epoch {epoch + 1}, "
                         f"step {step + 1}; try a lower lr (--param lr=...) or --param grad_clip=1")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
                 done = epoch * steps_per_epoch + step + 1
-                model.after_step(done / total_steps)
+                apply_step(model, loss, optimizer, scheduler, cfg.grad_clip, done / total_steps)
                 epoch_loss += value
                 rate = views * (step + 1) / (time.perf_counter() - started)
                 bar.update(task, advance=1, loss=f"loss {value:.3f}", speed=f"{rate:.0f} img/s")
@@ -180,6 +174,19 @@ def schedule_factor(cfg: PretrainConfig, steps_per_epoch: int, total_steps: int)
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
     return factor
+
+
+def apply_step(model, loss: torch.Tensor, optimizer, scheduler, grad_clip: float,
+               progress: float) -> None:
+    """Backward, gradient clipping (``grad_clip`` > 0), optimizer and schedule step, then the
+    model's ``after_step(progress)`` (EMA updates)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    model.after_step(progress)
 
 
 def _compiled_step(model, mode: str, total_steps: int):
