@@ -179,13 +179,14 @@ def qualitative_plot(
     axes = fig.subplots(len(images), len(columns), squeeze=False)
     for row, item in zip(axes, images):
         row[0].imshow(item.image, cmap="gray")
-        row[1].imshow(palette[item.mask])
+        row[1].imshow(palette[item.mask], interpolation="nearest")
         for ax, run in zip(row[2:], chosen.itertuples()):
             pred = _read_prediction(run.summary["predictions"].get(item.stem))
             if pred is None:
                 ax.text(0.5, 0.5, "no prediction", ha="center", va="center", transform=ax.transAxes)
             else:
-                ax.imshow(palette[np.clip(pred, 0, len(palette) - 1)])
+                ax.imshow(palette[np.clip(pred, 0, len(palette) - 1)],
+                          interpolation="nearest")  # class colours stay pure: small PNG and SVG
         row[0].set_ylabel(item.stem, fontsize="small")
         for ax in row:
             ax.set_xticks([])
