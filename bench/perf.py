@@ -357,22 +357,23 @@ def measure_finetune(card: DatasetCard, shots, device: torch.device, sizes: Perf
                               "error": f"only {len(shots)} labeled shot images available"}
             continue
         batch = min(n, sizes.ft_max_batch)
-        with MemoryPeak(device) as mem:
-            torch.manual_seed(0)
-            model = build_segmenter(cfg, card.num_classes, None).to(device)
-            if device.type == "cuda":
-                model = model.to(memory_format=torch.channels_last)
-            sampler = ShotSampler(shots[:n], cfg.crop, np.random.default_rng(0))
-            train_step = TrainStep(model, sampler, cfg, card.num_classes, device, compile)
-
-            def step(i: int) -> None:
-                train_step(batch, i)
-
-            seconds = time_steps(step, sizes.ft_warmup, sizes.ft_steps, device)
-        per_shots[key] = {"steps_per_s": sizes.ft_steps / seconds, "batch": batch,
-                          "images_per_s": batch * sizes.ft_steps / seconds,
-                          "peak_mem_gb": mem.cuda_gb, "peak_rss_delta_gb": mem.rss_delta_gb}
-        del model, sampler, train_step
+        try:
+            with MemoryPeak(device) as mem:
+                torch.manual_seed(0)
+                model = build_segmenter(cfg, card.num_classes, None).to(device)
+                if device.type == "cuda":
+                    model = model.to(memory_format=torch.channels_last)
+                sampler = ShotSampler(shots[:n], cfg.crop, np.random.default_rng(0))
+                train_step = TrainStep(model, sampler, cfg, card.num_classes, device, compile)
+                seconds = time_steps(lambda i: train_step(batch, i), sizes.ft_warmup, sizes.ft_steps,
+                                     device)
+            per_shots[key] = {"steps_per_s": sizes.ft_steps / seconds, "batch": batch,
+                              "images_per_s": batch * sizes.ft_steps / seconds,
+                              "peak_mem_gb": mem.cuda_gb, "peak_rss_delta_gb": mem.rss_delta_gb}
+        except Exception as exc:  # noqa: BLE001 - e.g. a compile failure must not hide the rest
+            per_shots[key] = {"steps_per_s": None, "batch": batch,
+                              "error": f"{type(exc).__name__}: {exc}",
+                              "traceback": traceback.format_exc(limit=3)}
         _release(device)
     return {
         "arch": cfg.arch, "encoder": cfg.encoder, "crop": cfg.crop, "loss": cfg.loss,
