@@ -10,7 +10,9 @@ A new image+mask dataset needs a card only. The schema (see ``datasets/metaldam.
   (crop the image's bottom rows to the mask height), ``mask_channel`` (channel of a multi-channel mask).
 - ``[splits.<name>]``: ``train``, ``test`` list files, and either ``val`` (list file) or
   ``val_holdout`` (a fixed number of train images held out for validation); ``[splits] default``.
-- ``[unlabeled]``: ``images`` glob and ``crop_bottom`` (rows of instrument band to remove).
+- ``[unlabeled]``: the SSL pool: an ``images`` glob, or ``from_split = "train"`` (the split's
+  training images without labels, for datasets with no separate unlabeled set), and
+  ``crop_bottom`` (rows of instrument band to remove).
 - ``[protocols.<name>]``: named metric protocols besides ``honest`` (see ``bench.metrics``).
 - ``[variants.<name>]``: alternative label sets selected as ``name:variant``: ``merge = {"2" = 1}``
   maps mask ids, with the variant's own ``classes`` and, optionally, ``protocols``.
@@ -87,8 +89,13 @@ class LayoutSpec:
 
 @dataclass(frozen=True)
 class UnlabeledSpec:
-    images: str
+    """The SSL pool: the files matching ``images``, or with ``from_split`` the run's split's
+    training images whose labels the shots are drawn from (masks never read; never validation or
+    test images), for datasets without a separate unlabeled set."""
+
+    images: str | None = None
     crop_bottom: int = 0
+    from_split: bool = False
 
 
 @dataclass(frozen=True)
@@ -235,8 +242,7 @@ def _build_card(raw: dict[str, Any], path: Path, variant: str | None) -> Dataset
 
     unlabeled = None
     if "unlabeled" in raw:
-        unl = raw["unlabeled"]
-        unlabeled = UnlabeledSpec(images=unl["images"], crop_bottom=int(unl.get("crop_bottom", 0)))
+        unlabeled = _parse_unlabeled(raw["unlabeled"])
 
     default_protocol = protocols_raw.pop("default", "honest")
     protocols = {
@@ -361,3 +367,14 @@ def _parse_protocol(
         merge=merge,
         description=raw.get("description", ""),
     )
+
+
+def _parse_unlabeled(unl: dict[str, Any]) -> UnlabeledSpec:
+    source = unl.get("from_split")
+    if source is not None and source != "train":
+        raise ValueError(f"unlabeled.from_split = {source!r}: only \"train\" is allowed (the "
+                         "training images; validation and test images never enter pretraining)")
+    if (source is None) == ("images" not in unl):
+        raise ValueError("[unlabeled] needs exactly one of images = \"<glob>\" or from_split = \"train\"")
+    return UnlabeledSpec(images=unl.get("images"), crop_bottom=int(unl.get("crop_bottom", 0)),
+                         from_split=source is not None)

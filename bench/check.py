@@ -149,8 +149,8 @@ def _check_checksums(card: DatasetCard, root: Path) -> list[str]:
 
 
 def _check_unlabeled(card: DatasetCard, root: Path) -> list[str]:
-    if card.unlabeled is None:
-        return []
+    if card.unlabeled is None or card.unlabeled.from_split:
+        return []  # a pool of training images is checked with the labeled images
     files = sorted(root.glob(card.unlabeled.images))
     if not files:
         return [f"{root / card.unlabeled.images}: no unlabeled images match this pattern"]

@@ -145,27 +145,42 @@ def _fit_image_to_mask(
     return np.ascontiguousarray(image[: mask.shape[0]])
 
 
-def load_unlabeled(card: DatasetCard, data_root: Path, limit: int | None = None) -> list[np.ndarray]:
-    """The unlabeled SSL pool, with the instrument band (``crop_bottom`` rows) removed."""
+def load_unlabeled(card: DatasetCard, data_root: Path, limit: int | None = None,
+                   split: str | None = None) -> list[np.ndarray]:
+    """The SSL pool's images (uint8 grayscale), instrument band removed; ``split`` matters for
+    cards whose pool is a split's training images (``from_split``)."""
     if card.generator:
         from bench.synthetic_data import synthetic_unlabeled
 
         return synthetic_unlabeled(card, limit)
-    if card.unlabeled is None:
-        raise BenchError(f"{card.path}: dataset '{card.name}' has no [unlabeled] pool")
-    files = unlabeled_files(card, data_root)
-    if limit is not None:
-        files = files[:limit]
+    if card.unlabeled is not None and card.unlabeled.from_split:
+        stems = pool_stems(card, data_root, split)[:limit]
+        return [item.image for item in load_labeled(card, data_root, stems)]  # layout rules apply
+    files = unlabeled_files(card, data_root, split)[:limit]
     crop = card.unlabeled.crop_bottom
     return [np.ascontiguousarray(read_gray(f)[: -crop or None]) for f in files]
 
 
-def unlabeled_files(card: DatasetCard, data_root: Path) -> list[Path]:
-    assert card.unlabeled is not None
+def unlabeled_files(card: DatasetCard, data_root: Path, split: str | None = None) -> list[Path]:
+    """The files of the SSL pool (see ``load_unlabeled``)."""
+    if card.unlabeled is None:
+        raise BenchError(f"{card.path}: dataset '{card.name}' has no [unlabeled] pool for "
+                         "pretraining; add one to the card (images = \"<glob>\" or "
+                         "from_split = \"train\")")
     folder = dataset_dir(card, data_root)
+    if card.unlabeled.from_split:
+        assert card.layout is not None
+        return [folder / card.layout.images.format(stem=s) for s in pool_stems(card, data_root, split)]
     files = sorted(Path(p) for p in glob.glob(str(folder / card.unlabeled.images)))
     if not files:
         raise BenchError(
             f"no unlabeled images match {folder / card.unlabeled.images} (card {card.path.name})"
         )
     return files
+
+
+def pool_stems(card: DatasetCard, data_root: Path, split: str | None) -> list[str]:
+    """The training images of ``split`` that shots are drawn from (validation held out)."""
+    from bench.protocol import partition  # protocol imports this module
+
+    return partition(card, data_root, split).pool

@@ -32,6 +32,8 @@ class EncoderContext:
     shots: list[LabeledImage] = field(default_factory=list)
     draw: int = 0
     compile: str = "off"
+    split: str | None = None
+    """The dataset split of the run (a pool drawn from a split's training images depends on it)."""
 
 
 @dataclass(frozen=True)

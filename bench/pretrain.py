@@ -54,11 +54,11 @@ class PretrainResult:
     losses: list[float]
 
 
-def pool_fingerprint(card: DatasetCard, data_root: Path) -> dict[str, object]:
+def pool_fingerprint(card: DatasetCard, data_root: Path, split: str | None = None) -> dict[str, object]:
     """Identifies the unlabeled pool: the card and a digest of its file list (or generator)."""
     if card.generator:
         return {"dataset": card.name, "generator": card.generator}
-    names = [f.name for f in unlabeled_files(card, data_root)]
+    names = [f.name for f in unlabeled_files(card, data_root, split)]
     digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
     crop = card.unlabeled.crop_bottom if card.unlabeled else 0
     return {"dataset": card.name, "files": len(names), "digest": digest, "crop_bottom": crop}
@@ -83,7 +83,7 @@ def pretrain_encoder(method: SSLMethod, ctx: EncoderContext) -> PretrainResult:
 def _train(method: SSLMethod, ctx: EncoderContext, folder: Path) -> PretrainResult:
     cfg = method.engine_config(ctx.profile)
     _check(cfg, method.name)
-    images = load_unlabeled(ctx.card, ctx.data_root, cfg.pool_limit or None)
+    images = load_unlabeled(ctx.card, ctx.data_root, cfg.pool_limit or None, ctx.split)
     pool = ImagePool(images, ctx.device)
     torch.manual_seed(ctx.seed)
     encoder = get_encoder(ctx.encoder, in_channels=3, depth=5, weights=None)

@@ -146,6 +146,7 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
         card=card, data_root=env.data_root, encoder=cfg.encoder, init=init, profile=profile.name,
         seed=spec.seed, device=env.device, cache_dir=env.cache_dir,
         shots=shots if method.uses_labels else [], draw=spec.draw, compile=env.compile,
+        split=split,
     )
     config = {
         "protocol_version": PROTOCOL_VERSION,

@@ -133,7 +133,7 @@ class SSLMethod(Method):
             "engine": dataclasses.asdict(self.engine_config(ctx.profile)),
             "encoder": ctx.encoder,
             "init": ctx.init,
-            "pool": pool_fingerprint(ctx.card, ctx.data_root),
+            "pool": pool_fingerprint(ctx.card, ctx.data_root, ctx.split),
             "seed": ctx.seed,
             "profile": ctx.profile,
         }

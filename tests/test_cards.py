@@ -152,6 +152,33 @@ def test_ebc_split_sizes(shared_data: Path) -> None:
     assert all(s.startswith("050317#3") for s in read_list(folder / ebc3.test))
 
 
+def test_ebc_pretraining_pool_is_the_training_images_only(shared_data: Path) -> None:
+    """EBC has no unlabeled set: the SSL pool is the split's training images, never val or test."""
+    from bench.data import load_unlabeled
+
+    for name, count in {"ebc1": 18, "ebc2": 4, "ebc3": 15}.items():
+        card = load_card(name)
+        spec = card.split(None)
+        folder = dataset_dir(card, shared_data)
+        files = unlabeled_files(card, shared_data)
+        assert {f.stem for f in files} == set(read_list(folder / spec.train)), name
+        assert len(files) == count and all(f.is_file() for f in files)
+        assert not {f.stem for f in files} & set(read_list(folder / spec.val) + read_list(folder / spec.test))
+    images = load_unlabeled(load_card("ebc2"), shared_data)
+    assert len(images) == 4 and all(im.dtype == np.uint8 and im.ndim == 2 for im in images)
+
+
+def test_unlabeled_section_needs_one_source(tmp_path: Path) -> None:
+    card = (CARDS_DIR / "ebc1.toml").read_text()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(card.replace('from_split = "train"', 'from_split = "test"'))
+    with pytest.raises(BenchError, match="only \"train\" is allowed"):
+        parse_card(bad)
+    bad.write_text(card.replace('from_split = "train"', 'from_split = "train"\nimages = "images/*.png"'))
+    with pytest.raises(BenchError, match="bad.toml: bad dataset card: .*exactly one of images"):
+        parse_card(bad)
+
+
 def test_ebc_binary_variant_merges_crack_into_oxide(shared_data: Path) -> None:
     full, binary = load_card("ebc1"), load_card("ebc1:binary")
     assert binary.num_classes == 2 and binary.class_names == ("background", "oxide+crack")

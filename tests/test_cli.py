@@ -156,3 +156,14 @@ def test_run_smoke_end_to_end_then_skip_then_force(cli, tmp_store_url: str, one_
     for h in hashes:
         assert store.succeeded(h) is not None
         assert sum(r.config_hash == h and r.status == "succeeded" for r in runs) == 1
+
+
+def test_ssl_on_ebc_pretrains_on_its_training_images(cli, shared_data: Path, tmp_store_url: str,
+                                                     one_torch_thread) -> None:
+    """EBC has no unlabeled set: an SSL run pretrains on the split's training images only."""
+    code, out, err = cli(["run", "--method", "simclr", "--dataset", "ebc2", "--profile", "smoke",
+                          "--data-root", shared_data])
+    assert code == 0, out + err
+    [run] = ResultStore(tmp_store_url).runs(status="succeeded")
+    pool = run.config["pretrain"]["pool"]
+    assert pool["dataset"] == "ebc2" and pool["files"] == 4  # EBC-2's 4 training images

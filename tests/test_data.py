@@ -269,8 +269,11 @@ def test_unlabeled_pool_missing_or_empty(tmp_path: Path) -> None:
     with pytest.raises(BenchError, match=r"no unlabeled images match .*unlabeled/\*\.png "
                                          r"\(card metaldam\.toml\)"):
         load_unlabeled(card, tmp_path / "root")
-    with pytest.raises(BenchError, match=r"ebc1\.toml: dataset 'ebc1' has no \[unlabeled\] pool"):
-        load_unlabeled(load_card("ebc1"), tmp_path / "root")
+    no_pool = tmp_path / "cards" / "ebc1.toml"
+    no_pool.write_text((CARDS_DIR / "ebc1.toml").read_text().replace('[unlabeled]\nfrom_split = "train"', ""))
+    with pytest.raises(BenchError, match=r"ebc1\.toml: dataset 'ebc1' has no \[unlabeled\] pool for "
+                                         r"pretraining; add one to the card"):
+        load_unlabeled(parse_card(no_pool), tmp_path / "root")
 
 
 # --- data root -------------------------------------------------------------------------------
