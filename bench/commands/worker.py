@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.commands._common import add_data_root, add_store
+from bench.commands._common import add_worker_env
 
 
 def add_study_options(parser: argparse.ArgumentParser, name_required: bool = False,
@@ -27,17 +27,6 @@ def add_study_options(parser: argparse.ArgumentParser, name_required: bool = Fal
         parser.add_argument("--grace", type=int, metavar="S",
                             help="a running trial without heartbeat for this long is failed and retried "
                                  "(default: 2 × heartbeat)")
-
-
-def add_worker_env(parser: argparse.ArgumentParser) -> None:
-    """Where a worker reads data, caches, computes and stores (its own machine's settings)."""
-    add_data_root(parser)
-    add_store(parser)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--cache-dir", help="pretraining cache (default: $BENCH_CACHE_DIR, else results/cache)")
-    parser.add_argument("--compile", default="off", choices=["auto", "on", "off"],
-                        help="torch.compile the pretraining and fine-tuning steps (fine-tuning on CUDA: CUDA "
-                             "graphs); auto: on CUDA for runs long enough to repay the warm-up (default: off)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
