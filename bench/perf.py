@@ -394,7 +394,8 @@ def _aggregate_worker(spec: dict[str, Any], barrier, results) -> None:
     rank = spec["rank"]
     try:
         torch.set_num_threads(spec["threads"])
-        from bench.finetune import _forward, build_segmenter, make_loss, normalize, predict
+        from bench.finetune import (_forward, _resize_mask, build_segmenter, make_loss, normalize,
+                                    predict)
         from bench.metrics import ConfusionMatrix
         from bench.profiles import FinetuneConfig
 
@@ -418,7 +419,8 @@ def _aggregate_worker(spec: dict[str, Any], barrier, results) -> None:
                           mode="bilinear", align_corners=False)
         y = F.interpolate(torch.from_numpy(mask)[None, None].float().to(device), size=(size, size),
                           mode="nearest")[:, 0].long()
-        val = [(v.image, _nearest(v.mask, size)) for v in load_labeled(card, root, spec["val"])]
+        val = [(v.image, _resize_mask(v.mask, (size, size)))
+               for v in load_labeled(card, root, spec["val"])]
 
         def epoch() -> None:
             model.train()
@@ -451,11 +453,6 @@ def _aggregate_worker(spec: dict[str, Any], barrier, results) -> None:
         except Exception:  # noqa: BLE001
             pass
         results.put((rank, 0, 0.0, f"{type(exc).__name__}: {exc}"))
-
-
-def _nearest(mask: np.ndarray, size: int) -> np.ndarray:
-    t = torch.from_numpy(mask.astype(np.float32))[None, None]
-    return F.interpolate(t, size=(size, size), mode="nearest")[0, 0].numpy().astype(np.uint8)
 
 
 def measure_aggregate(card: DatasetCard, data_root: Path, shot: str, val: list[str],
