@@ -12,8 +12,8 @@ import pkgutil
 import sys
 
 from bench import __version__, commands
-from bench.console import err_console
-from bench.errors import BenchError
+from bench.core.console import err_console
+from bench.core.errors import BenchError
 
 
 def build_parser() -> argparse.ArgumentParser:

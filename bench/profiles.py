@@ -9,29 +9,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
-from bench.errors import BenchError
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Few-shot fine-tuning. The schedule counts optimizer steps, so 1 and 16 shots train equally long."""
-
-    arch: str = "unetplusplus"
-    encoder: str = "resnet50"
-    steps: int = 1000
-    batch_size: int = 8
-    crop: int = 256
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    schedule: str = "cosine"
-    loss: str = "ce+dice"
-    eval_every: int = 100
-    tile: int = 0
-    """Sliding-window tile for inference (0: the whole image at once, padded to a multiple of 32)."""
+from bench.core.errors import BenchError
+from bench.finetune.config import FinetuneConfig, with_overrides
 
 
 @dataclass(frozen=True)
@@ -72,10 +53,6 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 
-ARCHS = ("unetplusplus", "unet")
-ENCODERS = ("resnet18", "resnet34", "resnet50")
-
-
 def get_profile(name: str) -> Profile:
     if name not in PROFILES:
         raise BenchError(f"unknown profile '{name}'; profiles: {', '.join(PROFILES)}")
@@ -84,12 +61,4 @@ def get_profile(name: str) -> Profile:
 
 def finetune_config(profile: Profile, **overrides: object) -> FinetuneConfig:
     """The profile's fine-tuning config with CLI overrides (None values are ignored)."""
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    cfg = dataclasses.replace(profile.finetune, **changes)
-    if cfg.arch not in ARCHS:
-        raise BenchError(f"unknown --arch '{cfg.arch}'; choose from {', '.join(ARCHS)}")
-    if cfg.encoder not in ENCODERS:
-        raise BenchError(f"unknown --encoder '{cfg.encoder}'; choose from {', '.join(ENCODERS)}")
-    if cfg.steps < 1 or cfg.eval_every < 1 or cfg.batch_size < 1:
-        raise BenchError("--steps, --eval-every and --batch-size must be ≥ 1")
-    return cfg
+    return with_overrides(profile.finetune, **overrides)

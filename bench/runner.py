@@ -8,12 +8,11 @@ whose config hash already succeeded is skipped unless ``force``. Sweeps call ``r
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-import math
 import os
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,24 +21,23 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.cards import DatasetCard, load_card
-from bench.console import console
-from bench.data import LabeledImage, load_labeled, resolve_data_root
-from bench.errors import BenchError
-from bench.finetune import FinetuneResult, build_segmenter, finetune
-from bench.method import EncoderContext, Method
-from bench.metrics import Summary
-from bench.profiles import FinetuneConfig, finetune_config, get_profile
-from bench.protocol import Partition, draw_shots, parse_shots, partition
-from bench.registry import get_method
-from bench.store import (
-    MetricRow,
-    NewRun,
-    ResultStore,
-    collect_versions,
-    config_hash,
-    git_commit,
-)
+from bench.core.devices import device_name, resolve_device
+from bench.core.errors import BenchError
+from bench.core.paths import default_cache_dir
+from bench.core.provenance import collect_versions, config_hash, git_commit
+from bench.data.cards import DatasetCard, load_card
+from bench.data.images import LabeledImage
+from bench.data.protocol import Partition, draw_shots, parse_shots, partition
+from bench.data.sources import load_labeled, resolve_data_root, source_for
+from bench.finetune.config import FinetuneConfig
+from bench.finetune.metrics import Summary
+from bench.finetune.train import FinetuneResult, finetune
+from bench.models.segmenter import build_segmenter
+from bench.profiles import finetune_config, get_profile
+from bench.results.store import MetricRow, NewRun, ResultStore
+from bench.ssl.engine import encoder_for
+from bench.ssl.method import EncoderContext, Method
+from bench.ssl.registry import get_method
 
 PROTOCOL_VERSION = 1
 
@@ -101,15 +99,6 @@ class RunOutcome:
     error: str | None = None
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BenchError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
 @dataclass
 class PreparedRun:
     spec: RunSpec
@@ -132,9 +121,7 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
     method = get_method(spec.method)(spec.params)
     cfg = finetune_config(profile, **spec.finetune)
     init = method.init_for(spec.init or profile.default_init)
-    if card.generator and spec.split:
-        raise BenchError(f"{card.path}: the generated dataset '{card.name}' has no splits")
-    split = "generated" if card.generator else card.split(spec.split).name
+    split = source_for(card, env.data_root).split_name(spec.split)
     data = env.split_data(card, split)
     shots_count = parse_shots(spec.shots)
     shots_label = "all" if shots_count is None else str(shots_count)
@@ -175,7 +162,7 @@ def run_one(spec: RunSpec, env: RunEnv,
     assert env.store is not None, "run_one needs a results store"
     run = prepare(spec, env)
     if env.force:
-        env.store.delete_succeeded(run.hash)
+        env.store.supersede_succeeded(run.hash)
     else:
         done = env.store.succeeded(run.hash)
         if done is not None:
@@ -183,10 +170,10 @@ def run_one(spec: RunSpec, env: RunEnv,
     run_id = env.store.start_run(_new_run(run, env))
     started = time.time()
     try:
-        encoder_state = run.method.encoder_state(run.ctx)
+        encoder = encoder_for(run.method, run.ctx)
         pretrain_seconds = time.time() - started
         torch.manual_seed(run.config["seed"])
-        model = build_segmenter(run.cfg, run.card.num_classes, encoder_state)
+        model = build_segmenter(run.cfg.arch, run.cfg.encoder, run.card.num_classes, encoder.state)
         label = f"{run.method.name} {run.card.full_name} {spec.shots}-shot draw {spec.draw}"
         result = finetune(model, run.shots, run.data.val, run.data.test, run.card, run.cfg,
                           env.device, run.config["seed"], label, on_eval=on_eval,
@@ -199,7 +186,7 @@ def run_one(spec: RunSpec, env: RunEnv,
         raise
     rows = metric_rows(result, run.card)
     summary = {
-        **run.method.pretrain_info,
+        **encoder.info,
         "predictions": save_predictions(result.selected.predictions,
                                         env.cache_dir / "predictions" / run.hash),
         "selected_step": result.selected.step,
@@ -234,15 +221,9 @@ def _new_run(run: PreparedRun, env: RunEnv) -> NewRun:
         encoder=run.cfg.encoder, arch=run.cfg.arch, config=run.config,
         images=[s.stem for s in run.shots],
         pretrain_hash=config_hash(pretrain) if pretrain else None,
-        versions=collect_versions(), device=_device_name(env.device), git_commit=git_commit(),
+        versions=collect_versions(), device=device_name(env.device), git_commit=git_commit(),
         host=socket.gethostname(),
     )
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return "cpu"
 
 
 def scores_of(result: FinetuneResult) -> dict[str, float]:
@@ -294,8 +275,6 @@ def _stored_scores(store: ResultStore, run_id: int) -> dict[str, float]:
 
 def make_env(data_root: str | None, store_url: str | None, device: str, cache_dir: str | None,
              force: bool = False, compile: str = "off", with_store: bool = True) -> RunEnv:
-    from bench.cache import default_cache_dir
-
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if compile != "off":  # compiled kernels persist beside the pretrainings, for later runs and workers
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache / "inductor").resolve()))
@@ -307,49 +286,3 @@ def make_env(data_root: str | None, store_url: str | None, device: str, cache_di
         force=force,
         compile=compile,
     )
-
-
-def mean_std(values: list[float]) -> tuple[float, float, int]:
-    """Mean, sample standard deviation (n−1) and count over the finite values."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    n = len(finite)
-    if n == 0:
-        return math.nan, math.nan, 0
-    mean = sum(finite) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else math.nan
-    return mean, std, n
-
-
-def print_outcomes(outcomes: list[RunOutcome]) -> None:
-    """A rich table: one row per draw and a mean ± std row (with the number of draws)."""
-    from rich.table import Table
-
-    if not outcomes:
-        return
-    protocols = [k for k in outcomes[0].scores if k not in ("oracle", "val")]
-    table = Table(title="Test scores (model selected on validation; oracle = best on test)")
-    for col in ("method", "dataset", "shots", "draw", "status"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("val mIoU", justify="right")
-    for p in protocols:
-        table.add_column(p, justify="right")
-    table.add_column("oracle (honest)", justify="right")
-    for o in outcomes:
-        table.add_row(o.spec.method, o.spec.dataset, o.spec.shots, str(o.spec.draw), o.status,
-                      _pct(o.scores.get("val")), *(_pct(o.scores.get(p)) for p in protocols),
-                      _pct(o.scores.get("oracle")))
-    if len(outcomes) > 1:
-        cells = []
-        for key in ("val", *protocols, "oracle"):
-            mean, std, n = mean_std([o.scores.get(key, math.nan) for o in outcomes])
-            cells.append(f"{_pct(mean)} ± {_pct(std)} (n={n})")
-        table.add_row("mean ± std", "", "", "", "", *cells, style="bold")
-    console.print(table)
-    console.print("Scores in %. honest = mIoU over all classes at native resolution; "
-                  "see README 'Protocol' for the paper protocols.")
-
-
-def _pct(value: float | None) -> str:
-    if value is None or not math.isfinite(value):
-        return "–"
-    return f"{100 * value:.2f}"

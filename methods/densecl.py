@@ -43,12 +43,13 @@ from lightly.models.modules.memory_bank import MemoryBankModule
 from lightly.models.utils import deactivate_requires_grad, most_similar_index, update_momentum
 from torch import nn
 
-from bench.augment import ImagePool, ViewConfig, make_views
-from bench.errors import BenchError
-from bench.method import EncoderContext, SearchDim
-from bench.registry import register_method
-from bench.ssl import PretrainConfig, SSLMethod, SSLModel
-from methods.simclr import encoder_channels
+from bench.models.encoders import encoder_channels
+from bench.ssl.augment import ImagePool, ViewConfig, make_views
+from bench.core.errors import BenchError
+from bench.ssl.method import EncoderContext, SearchDim
+from bench.ssl.registry import register_method
+from bench.ssl.base import SSLMethod, SSLModel
+from bench.ssl.config import PretrainConfig
 
 
 @dataclass(frozen=True)

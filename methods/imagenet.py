@@ -5,15 +5,15 @@ These are the weights smp's ``"imagenet"`` ResNets and both seed papers' baselin
 
 from __future__ import annotations
 
-from bench.method import EncoderContext, EncoderState, Method, initial_encoder_state
-from bench.registry import register_method
+from bench.models.encoders import EncoderState, initial_encoder_state
+from bench.ssl.method import Baseline, EncoderContext
+from bench.ssl.registry import register_method
 
 
 @register_method
-class ImageNet(Method):
+class ImageNet(Baseline):
     name = "imagenet"
     description = "supervised baseline: ImageNet-1k (torchvision V1) encoder, no pretraining"
-    kind = "supervised"
     fixed_init = "imagenet"
 
     def encoder_state(self, ctx: EncoderContext) -> EncoderState | None:

@@ -22,12 +22,14 @@ import torch
 from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
-from bench.augment import ViewConfig
-from bench.errors import BenchError
-from bench.method import EncoderContext, SearchDim
-from bench.registry import register_method
-from bench.ssl import PretrainConfig, SSLMethod, SSLModel
-from methods.simclr import PooledContrastModel, encoder_channels
+from bench.models.encoders import encoder_channels
+from bench.ssl.augment import ViewConfig
+from bench.core.errors import BenchError
+from bench.ssl.method import EncoderContext, SearchDim
+from bench.ssl.registry import register_method
+from bench.ssl.base import SSLMethod, SSLModel
+from bench.ssl.config import PretrainConfig
+from methods.simclr import PooledContrastModel
 
 
 @dataclass(frozen=True)

@@ -68,13 +68,14 @@ from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 from torchvision.ops import roi_align
 
-from bench.augment import ImagePool, ViewConfig, crop_resize, flip_rotate, jitter, sample_boxes, \
+from bench.ssl.augment import ImagePool, ViewConfig, crop_resize, flip_rotate, jitter, sample_boxes, \
     to_model_input
-from bench.data import LabeledImage
-from bench.errors import BenchError
-from bench.method import EncoderContext, SearchDim
-from bench.registry import register_method
-from bench.ssl import PretrainConfig, SSLMethod, SSLModel
+from bench.data.images import LabeledImage
+from bench.core.errors import BenchError
+from bench.ssl.method import EncoderContext, SearchDim
+from bench.ssl.registry import register_method
+from bench.ssl.base import SSLMethod, SSLModel
+from bench.ssl.config import PretrainConfig
 
 STRIDES = (16, 8, 4)
 """Encoder stages used for the patch loss, coarse → fine (``features[-2], [-3], [-4]``)."""

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from bench.method import EncoderContext, EncoderState, Method
-from bench.registry import register_method
+from bench.models.encoders import EncoderState
+from bench.ssl.method import Baseline, EncoderContext
+from bench.ssl.registry import register_method
 
 
 @register_method
-class Scratch(Method):
+class Scratch(Baseline):
     name = "scratch"
     description = "supervised baseline: random encoder initialisation, no pretraining"
-    kind = "supervised"
     fixed_init = "random"
 
     def encoder_state(self, ctx: EncoderContext) -> EncoderState | None:

@@ -17,10 +17,12 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
-from bench.augment import ImagePool, ViewConfig, make_views
-from bench.method import EncoderContext, SearchDim
-from bench.registry import register_method
-from bench.ssl import PretrainConfig, SSLMethod, SSLModel
+from bench.models.encoders import encoder_channels
+from bench.ssl.augment import ImagePool, ViewConfig, make_views
+from bench.ssl.method import EncoderContext, SearchDim
+from bench.ssl.registry import register_method
+from bench.ssl.base import SSLMethod, SSLModel
+from bench.ssl.config import PretrainConfig
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,6 @@ class PooledContrastModel(SSLModel):
         v2 = make_views(pool, index, self.view, generator).images
         z1, z2 = self.forward_views(self.embed, v1, v2)
         return self.criterion(z1, z2)
-
-
-def encoder_channels(encoder: nn.Module) -> tuple[int, ...]:
-    """Channels of the four ResNet stages of an smp encoder."""
-    return tuple(encoder.out_channels[2:])
 
 
 @register_method

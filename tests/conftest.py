@@ -12,20 +12,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import SHARED_DATA_ENV, shared_data_path
+
 # The test machines have 2 CPU cores shared between developers. With 2 OpenMP threads per
 # process, torch's kernels spin-wait against other processes and run 10-40x slower; one thread
 # keeps the few tests that train fast. Must be set before torch is first imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA_ENV = "BENCH_SHARED_DATA"
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real datasets: ``$BENCH_SHARED_DATA``, else ``<repo>/../shared/data``."""
-    env = os.environ.get(SHARED_DATA_ENV)
-    path = Path(env) if env else REPO.parent / "shared" / "data"
+    path = shared_data_path()
     if not (path / "metaldam").is_dir() or not (path / "nasa_micronet" / "EBC").is_dir():
         pytest.skip(
             f"real datasets not found at {path} (need metaldam/ and nasa_micronet/EBC/ there); "
@@ -54,7 +53,7 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
     argparse's ``SystemExit`` (``--help``, usage errors) becomes the exit code. Rich renders at a
     fixed, wide width so table rows are not wrapped.
     """
-    from bench import console as consoles
+    from bench.core import console as consoles
     from bench.cli import main
 
     monkeypatch.setenv("COLUMNS", "250")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.store import ResultStore
+from bench.results.store import ResultStore
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def assert_user_error(code: int, out: str, err: str, *needles: str) -> None:

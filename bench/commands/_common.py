@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from bench.core.compile import COMPILE_MODES
+from bench.models.encoders import INITS
+from bench.models.segmenter import ARCHS, ENCODERS
 from bench.profiles import PROFILES
 
 
@@ -21,7 +24,7 @@ def add_worker_env(parser: argparse.ArgumentParser) -> None:
     add_store(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--cache-dir", help="pretraining cache (default: $BENCH_CACHE_DIR, else results/cache)")
-    parser.add_argument("--compile", default="off", choices=["auto", "on", "off"],
+    parser.add_argument("--compile", default="off", choices=list(COMPILE_MODES),
                         help="torch.compile the pretraining and fine-tuning steps (fine-tuning on CUDA: CUDA "
                              "graphs); auto: on CUDA for runs long enough to repay the warm-up (default: off)")
 
@@ -32,14 +35,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     add_worker_env(parser)
     parser.add_argument("--profile", default="quick", choices=list(PROFILES),
                         help="run size (default: quick)")
-    parser.add_argument("--init", choices=["random", "imagenet"],
+    parser.add_argument("--init", choices=list(INITS),
                         help="encoder initialisation before pretraining (default: the profile's; baselines fix theirs)")
     parser.add_argument("--split", help="dataset split, e.g. fold0..fold5 for metaldam (default: the card's)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="method hyperparameter override, repeatable (see `bench methods -v`)")
-    parser.add_argument("--arch", choices=["unetplusplus", "unet"], help="segmentation architecture")
-    parser.add_argument("--encoder", choices=["resnet18", "resnet34", "resnet50"], help="encoder")
+    parser.add_argument("--arch", choices=list(ARCHS), help="segmentation architecture")
+    parser.add_argument("--encoder", choices=list(ENCODERS), help="encoder")
     parser.add_argument("--steps", type=int, help="fine-tuning optimizer steps")
     parser.add_argument("--batch-size", type=int, help="fine-tuning batch size")
     parser.add_argument("--crop", type=int, help="fine-tuning crop size")
@@ -62,7 +65,7 @@ def finetune_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
 
     params = {}
     for pair in pairs:

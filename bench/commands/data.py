@@ -27,9 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def list_main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from bench.cards import available_cards, load_card
-    from bench.console import console
-    from bench.data import resolve_data_root
+    from bench.data.cards import available_cards, load_card
+    from bench.core.console import console
+    from bench.data.sources import resolve_data_root, source_for
 
     root = resolve_data_root(args.data_root)
     table = Table(title=f"Datasets (data root: {root})")
@@ -37,7 +37,7 @@ def list_main(args: argparse.Namespace) -> int:
         table.add_column(col)
     for name in available_cards():
         card = load_card(name)
-        present = "generated" if card.generator else ("yes" if (root / card.root).is_dir() else "no")
+        present = source_for(card, root).presence()
         table.add_row(name, card.title, ", ".join(card.class_names), ", ".join(card.splits) or "–",
                       ", ".join(card.raw.get("variants", {})) or "–", present)
     console.print(table)
@@ -45,10 +45,10 @@ def list_main(args: argparse.Namespace) -> int:
 
 
 def fetch_main(args: argparse.Namespace) -> int:
-    from bench.cards import load_card
-    from bench.console import console
-    from bench.data import resolve_data_root
-    from bench.fetch import fetch_dataset
+    from bench.data.cards import load_card
+    from bench.core.console import console
+    from bench.data.sources import resolve_data_root
+    from bench.data.fetch import fetch_dataset
 
     target = fetch_dataset(load_card(args.name), resolve_data_root(args.data_root), base_url=args.base_url)
     console.print(f"[green]fetched[/] {args.name} into {target}")
@@ -56,10 +56,10 @@ def fetch_main(args: argparse.Namespace) -> int:
 
 
 def check_main(args: argparse.Namespace) -> int:
-    from bench.cards import load_card
-    from bench.check import check_dataset
-    from bench.console import console
-    from bench.data import resolve_data_root
+    from bench.data.cards import load_card
+    from bench.data.check import check_dataset
+    from bench.core.console import console
+    from bench.data.sources import resolve_data_root
 
     problems = check_dataset(load_card(args.name), resolve_data_root(args.data_root))
     for problem in problems:

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from bench.commands._common import add_run_options, finetune_overrides, parse_params
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,10 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.console import console
-    from bench.pretrain import CARD_FILE, ENCODER_FILE, pretrain_encoder
+    from bench.core.console import console
+    from bench.ssl.engine import CARD_FILE, ENCODER_FILE, pretrain_encoder
     from bench.runner import RunSpec, make_env, prepare
-    from bench.ssl import SSLMethod
+    from bench.ssl.base import SSLMethod
 
     env = make_env(args.data_root, None, args.device, args.cache_dir, compile=args.compile,
                    with_store=False)

@@ -40,11 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.console import console
-    from bench.leaderboard import build_leaderboard, print_leaderboard, write_leaderboard
-    from bench.reported import load_reported
-    from bench.results import load_results, require_runs
-    from bench.store import ResultStore
+    from bench.core.console import console
+    from bench.reporting.leaderboard import build_leaderboard, print_leaderboard, write_leaderboard
+    from bench.reporting.reported import load_reported
+    from bench.results.frames import load_results, require_runs
+    from bench.results.store import ResultStore
 
     results = load_results(ResultStore(args.store), args.dataset, args.protocol, args.profile)
     require_runs(results, filters_text(args))

@@ -15,8 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from bench.console import console
-    from bench.registry import all_methods
+    from bench.core.console import console
+    from bench.ssl.registry import all_methods
 
     table = Table(title="Methods")
     table.add_column("name", style="bold")

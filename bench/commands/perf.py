@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 
 from bench.commands._common import add_data_root
-from bench.errors import BenchError
+from bench.core.compile import COMPILE_MODES
+from bench.core.errors import BenchError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", default="all",
                    help="SSL methods to time: 'all' or a comma list, e.g. simclr,matssl (default: all)")
     p.add_argument("--dataset", default="metaldam", help="dataset card with an unlabeled pool (default: metaldam)")
-    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+    p.add_argument("--compile", default="auto", choices=list(COMPILE_MODES),
                    help="engine step compile mode, as `bench run --compile` (default: auto)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: 1 for smoke, torch's default for standard)")
@@ -35,10 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bench.console import console, err_console
-    from bench.data import resolve_data_root
-    from bench.perf import PerfOptions, render_table, run_perf, write_record
-    from bench.runner import resolve_device
+    from bench.core.console import console, err_console
+    from bench.data.sources import resolve_data_root
+    from bench.perf.record import write_record
+    from bench.perf.run import PerfOptions, run_perf
+    from bench.perf.table import render_table
+    from bench.core.devices import resolve_device
 
     device = resolve_device(args.device)
     profile = args.profile or ("standard" if device.type == "cuda" else "smoke")

@@ -23,11 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.console import console
-    from bench.data import resolve_data_root
-    from bench.plots import build_plots, save_plots
-    from bench.results import load_results, require_runs
-    from bench.store import ResultStore
+    from bench.core.console import console
+    from bench.data.sources import resolve_data_root
+    from bench.reporting.plots import build_plots, save_plots
+    from bench.results.frames import load_results, require_runs
+    from bench.results.store import ResultStore
 
     results = load_results(ResultStore(args.store), args.dataset, None, args.profile)
     require_runs(results, filters_text(args))

@@ -24,14 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.console import console
-    from bench.data import resolve_data_root
-    from bench.leaderboard import build_leaderboard
-    from bench.plots import build_plots
-    from bench.report import build_report, write_report
-    from bench.reported import load_reported
-    from bench.results import load_results, require_runs
-    from bench.store import ResultStore
+    from bench.core.console import console
+    from bench.data.sources import resolve_data_root
+    from bench.reporting.leaderboard import build_leaderboard
+    from bench.reporting.plots import build_plots
+    from bench.reporting.report import build_report, write_report
+    from bench.reporting.reported import load_reported
+    from bench.results.frames import load_results, require_runs
+    from bench.results.store import ResultStore
 
     store = ResultStore(args.store)
     results = load_results(store, args.dataset, args.protocol, args.profile)

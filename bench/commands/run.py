@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from bench.commands._common import add_params_source, add_run_options, finetune_overrides, parse_params
-from bench.console import console
-from bench.errors import BenchError
+from bench.core.console import console
+from bench.core.errors import BenchError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.finetune import TrainingDiverged
-    from bench.pretrain import PretrainFailed
-    from bench.runner import RunOutcome, RunSpec, make_env, print_outcomes, run_one
-    from bench.tune import resolve_params
+    from bench.finetune.train import TrainingDiverged
+    from bench.ssl.engine import PretrainFailed
+    from bench.reporting.runs import print_outcomes
+    from bench.runner import RunOutcome, RunSpec, make_env, run_one
+    from bench.sweeps.tune import resolve_params
 
     if args.draws < 1:
         raise BenchError("--draws must be ≥ 1")

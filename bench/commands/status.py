@@ -27,8 +27,8 @@ def main(args: argparse.Namespace) -> int:
     from rich.live import Live
     from rich.table import Table
 
-    from bench.console import console
-    from bench.studies import (count_study, default_storage_url, load_study, open_storage,
+    from bench.core.console import console
+    from bench.sweeps.studies import (count_study, default_storage_url, load_study, open_storage,
                                status_renderable, study_names)
 
     opened = open_storage(args.storage or default_storage_url(args.store), must_exist=True)

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from bench.commands._common import add_params_source, add_run_options, finetune_overrides, parse_params
-from bench.commands.worker import add_study_options
-from bench.errors import BenchError
+from bench.commands.worker import add_study_options, plain_line, plain_warning, worker_options
+from bench.core.errors import BenchError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,13 +57,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.console import console, err_console
-    from bench.store import ResultStore, default_store_url
-    from bench.studies import (count_study, create_study, default_storage_url, fail_stale, masked,
+    from bench.core.console import console, err_console
+    from bench.core.urls import mask_password
+    from bench.results.store import ResultStore, default_store_url
+    from bench.sweeps.studies import (count_study, create_study, default_storage_url, fail_stale,
                                open_storage, results_dir, status_renderable)
-    from bench.sweep import (Grid, enqueue, expand_grid, expand_methods, interrupted_runs_hook,
+    from bench.sweeps.sweep import (Grid, enqueue, expand_grid, expand_methods, interrupted_runs_hook,
                              split_list, split_params)
-    from bench.tune import resolve_params
+    from bench.sweeps.tune import resolve_params
 
     store_url = args.store or default_store_url()
     methods, datasets = expand_methods(args.methods), split_list(args.datasets)
@@ -87,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
     opened.callback.hooks.append(interrupted_runs_hook(ResultStore(store_url)))
     study = create_study(opened, name)
     study.set_user_attr("kind", "sweep")
-    study.set_user_attr("store", masked(store_url))
+    study.set_user_attr("store", mask_password(store_url))
     fail_stale(study)
     report = enqueue(study, specs)
     console.print(
@@ -95,13 +96,8 @@ def main(args: argparse.Namespace) -> int:
         + (f" ({report.retried} failed before, retried)" if report.retried else "")
         + f", {report.done} done, {report.pending} already waiting or running", highlight=False)
 
-    options = ["--store", store_url, "--heartbeat", str(args.heartbeat), "--compile", args.compile]
-    options += ["--grace", str(args.grace)] if args.grace else []
-    options += ["--data-root", args.data_root] if args.data_root else []
-    options += ["--cache-dir", args.cache_dir] if args.cache_dir else []
-    shown_options = [masked(o) if o == store_url else o for o in options]  # no password on screen
-    join = shlex.join(["python", "-m", "bench", "worker", "--storage", masked(storage_url),
-                       "--name", name, *shown_options])
+    opts = worker_options(args, storage=storage_url, name=name, store=store_url)
+    join = shlex.join(["python", "-m", "bench", "worker", *opts.argv(masked=True)])
 
     from optuna.trial import TrialState
 
@@ -109,25 +105,26 @@ def main(args: argparse.Namespace) -> int:
         console.print(status_renderable(name, count_study(study), opened.shown))
         return 0 if report.done == len(specs) else 1
     if args.launcher == "slurm":
-        return _slurm(args, name, storage_url, store_url, options, results_dir(store_url))
+        return _slurm(args, opts, results_dir(store_url))
     if args.workers == 0:
         console.print(f"no local workers (--workers 0). Start workers on any machine with:\n  {join}\n"
                       f"and follow progress with: python -m bench status --name {name}"
-                      + ("" if args.storage else f" --storage {shlex.quote(masked(storage_url))}"),
+                      + ("" if args.storage else f" --storage {shlex.quote(mask_password(storage_url))}"),
                       highlight=False, soft_wrap=True)
         return 0
 
-    from bench.workers import plan_local_workers, visible_gpus
+    from bench.sweeps.workers import plan_local_workers, visible_gpus
 
     gpus = visible_gpus() if args.device in ("auto", "cuda") else []
     plan = plan_local_workers(args.workers, args.workers_per_gpu, args.device, gpus)
     if len(plan) == 1 and not plan[0].env:
-        from bench.commands.worker import run_worker
+        from bench.sweeps.workers import run_worker
 
-        run_worker(study, opened, args, store_url, add_hook=False)  # the hook is in place
+        run_worker(study, opened, opts, log=plain_line, warn=plain_warning,
+                   add_hook=False)  # the hook is in place
     else:
         log_dir = Path(args.log_dir) if args.log_dir else results_dir(store_url) / "logs" / name
-        _run_local(study, opened.shown, name, plan, storage_url, options, log_dir)
+        _run_local(study, opened.shown, plan, opts, log_dir)
     counts = count_study(study)
     console.print(status_renderable(name, counts, opened.shown))
     if counts.done < counts.total:
@@ -137,16 +134,16 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_local(study, shown: str, name: str, plan, storage_url: str, options: list[str],
-               log_dir: Path) -> None:
+def _run_local(study, shown: str, plan, opts, log_dir: Path) -> None:
     """Start the local worker processes and show the study live until they exit."""
     from rich.live import Live
 
-    from bench.console import err_console
-    from bench.studies import count_study, status_renderable
-    from bench.workers import start_local_workers
+    from bench.core.console import err_console
+    from bench.sweeps.studies import count_study, status_renderable
+    from bench.sweeps.workers import start_local_workers
 
-    procs = start_local_workers(plan, storage_url, name, options, log_dir)
+    name = opts.name
+    procs = start_local_workers(plan, opts, log_dir)
     pinned = [w.env.get("CUDA_VISIBLE_DEVICES") for w in plan]
     err_console.print(f"{len(procs)} local workers"
                       + (f" on GPUs {', '.join(p for p in pinned if p)}" if any(pinned) else "")
@@ -177,26 +174,24 @@ def _stop(procs) -> None:
             proc.kill()
 
 
-def _slurm(args: argparse.Namespace, name: str, storage_url: str, store_url: str,
-           options: list[str], results: Path) -> int:
-    from bench.console import console, err_console
-    from bench.workers import SlurmSettings, submit_slurm
+def _slurm(args: argparse.Namespace, opts, results: Path) -> int:
+    from bench.core.console import console, err_console
+    from bench.sweeps.slurm import SlurmSettings, submit_slurm
 
-    for what, url in (("study storage", storage_url), ("results store", store_url)):
+    for what, url in (("study storage", opts.storage), ("results store", opts.store)):
         if url.startswith("sqlite"):
             err_console.print(f"[yellow]warning:[/] the {what} is SQLite ({url}): workers on other nodes "
                               "need a shared one: PostgreSQL (postgresql+psycopg://...) or, for the "
                               "study, journal:///shared/path.log", highlight=False)
     settings = SlurmSettings(
-        folder=Path(args.slurm_folder) if args.slurm_folder else results / "slurm" / name,
+        folder=Path(args.slurm_folder) if args.slurm_folder else results / "slurm" / opts.name,
         workers=args.workers if args.workers is not None else 1,
         time_min=args.slurm_time, gpus_per_task=args.slurm_gpus, cpus_per_task=args.slurm_cpus,
         mem_gb=args.slurm_mem_gb, partition=args.slurm_partition, account=args.slurm_account,
-        qos=args.slurm_qos, setup=tuple(args.slurm_setup), job_name=f"bench-{name}",
+        qos=args.slurm_qos, setup=tuple(args.slurm_setup), job_name=f"bench-{opts.name}",
     )
-    argv = ["worker", "--storage", storage_url, "--name", name, *options, "--device", args.device]
-    jobs = submit_slurm(settings, argv)
+    jobs = submit_slurm(settings, opts)
     console.print(f"submitted {len(jobs)} SLURM workers: job {jobs[0].job_id.split('_')[0]} "
-                  f"(logs in {settings.folder}); follow with: python -m bench status --name {name}",
+                  f"(logs in {settings.folder}); follow with: python -m bench status --name {opts.name}",
                   highlight=False)
     return 0

@@ -45,14 +45,15 @@ def main(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
     from rich.table import Table
 
-    from bench.console import console
-    from bench.errors import BenchError
-    from bench.protocol import parse_shots
-    from bench.registry import get_method
+    from bench.core.console import console
+    from bench.core.errors import BenchError
+    from bench.data.protocol import parse_shots
+    from bench.ssl.registry import get_method
     from bench.runner import make_env
-    from bench.store import default_store_url
-    from bench.studies import default_storage_url, masked, open_storage
-    from bench.tune import (TuneTask, default_tune_store, enqueue_defaults, run_tuning, save_best,
+    from bench.results.store import default_store_url
+    from bench.core.urls import mask_password
+    from bench.sweeps.studies import default_storage_url, open_storage
+    from bench.sweeps.tune import (TuneTask, default_tune_store, enqueue_defaults, run_tuning, save_best,
                             search_space, tune_objective, tune_study, tuned_dir, tuned_path)
 
     if args.draws < 1 or args.trials < 1:
@@ -75,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     enqueue_defaults(study, method_cls(fixed), space, args.profile)
     console.print(f"tuning {args.method} on {args.dataset} ({args.shots}-shot, draws: {args.draws}, "
                   f"{args.profile} profile; {args.trials} trials) over {', '.join(space)}: study "
-                  f"'{name}' in {opened.shown}; tune runs stored in {masked(tune_store)}",
+                  f"'{name}' in {opened.shown}; tune runs stored in {mask_password(tune_store)}",
                   highlight=False)
     directory = Path(args.tuned_dir) if args.tuned_dir else tuned_dir(main_store)
     path = tuned_path(args.method, args.dataset, args.profile, directory)
@@ -97,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
     for key, value in sorted(record["searched"].items()):
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     console.print(table)
-    shown = opened.url if opened.url == masked(opened.url) else "<storage URL>"
+    shown = opened.url if opened.url == mask_password(opened.url) else "<storage URL>"
     console.print(f"trials: {record['trials']}; saved to {path}. Use it with --params best; browse "
                   f"the study with: optuna-dashboard {shown}", highlight=False, soft_wrap=True)
     return 0

@@ -41,37 +41,34 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.console import console
-    from bench.store import default_store_url
-    from bench.studies import default_storage_url, load_study, open_storage
+    from bench.sweeps.workers import worker_main
 
-    store_url = args.store or default_store_url()
-    opened = open_storage(args.storage or default_storage_url(store_url), args.heartbeat, args.grace,
-                          must_exist=True)
-    study = load_study(opened, args.name)
-    report = run_worker(study, opened, args, store_url, wait=not args.no_wait,
-                        max_trials=args.max_trials)
-    console.print(f"worker done: {report.completed} trials completed, {report.failed} failed "
-                  f"(study '{args.name}' in {opened.shown})")
+    worker_main(worker_options(args), log=plain_line, warn=plain_warning)
     return 0
 
 
-def run_worker(study, opened, args: argparse.Namespace, store_url: str, wait: bool = True,
-               max_trials: int | None = None, add_hook: bool = True):
-    """Work on ``study`` in this process with the run environment from ``args``."""
-    from bench.console import console, err_console
-    from bench.runner import make_env
-    from bench.studies import masked
-    from bench.sweep import interrupted_runs_hook, sweep_objective
-    from bench.workers import work
+def worker_options(args: argparse.Namespace, **changes: object):
+    """The ``WorkerOptions`` of ``bench worker`` / ``bench sweep`` arguments."""
+    from bench.results.store import default_store_url
+    from bench.sweeps.studies import default_storage_url
+    from bench.sweeps.workers import WorkerOptions
 
-    env = make_env(args.data_root, store_url, args.device, args.cache_dir, False, args.compile)
-    recorded = study.user_attrs.get("store")
-    if recorded and recorded != masked(store_url):
-        err_console.print(f"[yellow]warning:[/] the sweep stores results in {recorded}; this worker "
-                          f"stores them in {masked(store_url)} (pass --store to change)")
-    if add_hook:
-        opened.callback.hooks.append(interrupted_runs_hook(env.store))
-    poll = min(5.0, float(args.heartbeat))
-    return work(study, opened, sweep_objective(env), wait=wait, poll=poll, max_trials=max_trials,
-                log=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+    store = args.store or default_store_url()
+    values = dict(storage=args.storage or default_storage_url(store), name=args.name, store=store,
+                  data_root=args.data_root, cache_dir=args.cache_dir, device=args.device,
+                  compile=args.compile, heartbeat=args.heartbeat, grace=args.grace,
+                  wait=not getattr(args, "no_wait", False),
+                  max_trials=getattr(args, "max_trials", None))
+    return WorkerOptions(**{**values, **changes})
+
+
+def plain_line(line: str) -> None:
+    from bench.core.console import console
+
+    console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def plain_warning(line: str) -> None:
+    from bench.core.console import err_console
+
+    err_console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)

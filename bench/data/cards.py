@@ -1,0 +1,381 @@
+"""Dataset cards: a TOML file per dataset in ``datasets/`` describes everything the harness needs.
+
+A new image+mask dataset needs a card only. The schema (see ``datasets/metaldam.toml``):
+
+- top level: ``name``, ``title``, ``citation``, ``license``, ``root`` (folder under the data root),
+  optional ``generator`` (procedural datasets; no files).
+- ``[classes]``: ``ids``, ``names``, ``colors`` (RGB triples), ``background`` (id excluded from
+  foreground means).
+- ``[layout]``: ``images`` and ``masks`` path templates with ``{stem}``, ``crop_image_to_mask``
+  (crop the image's bottom rows to the mask height), ``mask_channel`` (channel of a multi-channel mask).
+- ``[splits.<name>]``: ``train``, ``test`` list files, and either ``val`` (list file) or
+  ``val_holdout`` (a fixed number of train images held out for validation); ``[splits] default``.
+- ``[unlabeled]``: the SSL pool: an ``images`` glob, or ``from_split = "train"`` (the split's
+  training images without labels, for datasets with no separate unlabeled set), and
+  ``crop_bottom`` (rows of instrument band to remove).
+- ``[protocols.<name>]``: named metric protocols besides ``honest`` (see ``bench.metrics``).
+- ``[variants.<name>]``: alternative label sets selected as ``name:variant``: ``merge = {"2" = 1}``
+  maps mask ids, with the variant's own ``classes`` and, optionally, ``protocols``.
+- ``[fetch]``: how ``bench data fetch`` obtains the upstream files (see ``bench.fetch``).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.core.errors import BenchError
+from bench.core.paths import PROJECT_ROOT
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CARDS_DIR = PROJECT_ROOT / "datasets"
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    id: int
+    name: str
+    color: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    name: str
+    train: str
+    test: str
+    val: str | None = None
+    val_holdout: int | None = None
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """How one named protocol turns predictions into a headline number.
+
+    metric: ``iou`` (mean IoU) or ``dice`` (mean Dice); classes: ids averaged (None = all,
+    ``foreground_only`` drops the background); empty_union: ``nan`` (class left out of the mean) or
+    ``zero`` (counted as 0, as some papers do); resize: evaluate on images resized to (H, W) instead
+    of native resolution; merge: class ids mapped onto others in prediction and ground truth first.
+    """
+
+    name: str
+    metric: str = "iou"
+    classes: tuple[int, ...] | None = None
+    foreground_only: bool = False
+    empty_union: str = "nan"
+    resize: tuple[int, int] | None = None
+    merge: tuple[tuple[int, int], ...] = ()
+    description: str = ""
+
+
+HONEST = ProtocolSpec(
+    name="honest",
+    description="mIoU over all classes at native resolution; a class absent from prediction and "
+    "ground truth is NaN and left out of the mean",
+)
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    images: str
+    masks: str
+    crop_image_to_mask: bool = False
+    mask_channel: int = 0
+
+
+@dataclass(frozen=True)
+class UnlabeledSpec:
+    """The SSL pool: the files matching ``images``, or with ``from_split`` the run's split's
+    training images whose labels the shots are drawn from (masks never read; never validation or
+    test images), for datasets without a separate unlabeled set."""
+
+    images: str | None = None
+    crop_bottom: int = 0
+    from_split: bool = False
+
+
+@dataclass(frozen=True)
+class DatasetCard:
+    name: str
+    title: str
+    citation: str
+    license: str
+    root: str
+    classes: tuple[ClassInfo, ...]
+    background: int | None
+    layout: LayoutSpec | None
+    splits: dict[str, SplitSpec]
+    default_split: str
+    unlabeled: UnlabeledSpec | None
+    protocols: dict[str, ProtocolSpec]
+    default_protocol: str
+    path: Path
+    variant: str | None = None
+    merge: tuple[tuple[int, int], ...] = ()
+    generator: dict[str, Any] = field(default_factory=dict)
+    fetch: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_ids(self) -> tuple[int, ...]:
+        return tuple(c.id for c in self.classes)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.classes)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.name}:{self.variant}" if self.variant else self.name
+
+    def split(self, name: str | None) -> SplitSpec:
+        key = name or self.default_split
+        if key not in self.splits:
+            raise BenchError(
+                f"{self.path}: dataset '{self.name}' has no split '{key}'; "
+                f"splits: {', '.join(self.splits)}"
+            )
+        return self.splits[key]
+
+    def protocol(self, name: str) -> ProtocolSpec:
+        if name == "honest":
+            return HONEST
+        if name not in self.protocols:
+            raise BenchError(
+                f"{self.path}: dataset '{self.name}' defines no protocol '{name}'; "
+                f"protocols: honest, {', '.join(self.protocols)}"
+            )
+        return self.protocols[name]
+
+    def all_protocols(self) -> list[ProtocolSpec]:
+        return [HONEST, *self.protocols.values()]
+
+
+def available_cards(cards_dir: Path = CARDS_DIR) -> list[str]:
+    return sorted(p.stem for p in cards_dir.glob("*.toml"))
+
+
+def load_card(name: str, cards_dir: Path = CARDS_DIR) -> DatasetCard:
+    """Load ``datasets/<name>.toml``; ``name:variant`` selects a label variant."""
+    base, _, variant = name.partition(":")
+    path = cards_dir / f"{base}.toml"
+    if not path.is_file():
+        raise BenchError(
+            f"unknown dataset '{base}': no card {path}; known: {', '.join(available_cards(cards_dir))}"
+        )
+    return parse_card(path, variant or None)
+
+
+def parse_card(path: Path, variant: str | None = None) -> DatasetCard:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BenchError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return _build_card(raw, path, variant)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # AttributeError / IndexError: a table where a value was expected (or the reverse), a
+        # too-short list (e.g. ``resize = [512]``).
+        raise BenchError(f"{path}: bad dataset card: {_describe(exc)}") from None
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}"
+    return str(exc)
+
+
+def _build_card(raw: dict[str, Any], path: Path, variant: str | None) -> DatasetCard:
+    classes_raw = raw["classes"]
+    protocols_raw = dict(raw.get("protocols", {}))
+    merge: tuple[tuple[int, int], ...] = ()
+    if variant is not None:
+        variants = raw.get("variants", {})
+        if variant not in variants:
+            raise ValueError(
+                f"no variant '{variant}' (variants: {', '.join(variants) or 'none'})"
+            )
+        spec = variants[variant]
+        classes_raw = spec.get("classes", classes_raw)
+        protocols_raw = dict(spec.get("protocols", protocols_raw))
+        merge = _merge_pairs(spec.get("merge", {}))
+    classes = _parse_classes(classes_raw)
+    ids = [c.id for c in classes]
+    if ids != list(range(len(ids))):
+        raise ValueError(f"class ids must be 0..{len(ids) - 1} in order, got {ids}")
+    if variant is not None:
+        _check_variant_merge(variant, [int(i) for i in raw["classes"]["ids"]], ids, merge)
+    background = classes_raw.get("background")
+    if background is not None and background not in ids:
+        raise ValueError(f"background class {background} is not one of the class ids {ids}")
+
+    layout = None
+    if "layout" in raw:
+        lay = raw["layout"]
+        layout = LayoutSpec(
+            images=lay["images"],
+            masks=lay["masks"],
+            crop_image_to_mask=bool(lay.get("crop_image_to_mask", False)),
+            mask_channel=int(lay.get("mask_channel", 0)),
+        )
+        for key, template in (("layout.images", layout.images), ("layout.masks", layout.masks)):
+            if "{stem}" not in template:
+                raise ValueError(f"{key} must contain '{{stem}}', got {template!r}")
+
+    splits_raw = dict(raw.get("splits", {}))
+    default_split = splits_raw.pop("default", None)
+    splits = {name: _parse_split(name, spec) for name, spec in splits_raw.items()}
+    if not raw.get("generator") and not splits:
+        raise ValueError("no [splits.<name>] table")
+    if default_split is None and splits:
+        default_split = next(iter(splits))
+    if splits and default_split not in splits:
+        raise ValueError(f"splits.default = {default_split!r} is not a defined split")
+
+    unlabeled = None
+    if "unlabeled" in raw:
+        unlabeled = _parse_unlabeled(raw["unlabeled"])
+
+    default_protocol = protocols_raw.pop("default", "honest")
+    protocols = {
+        name: _parse_protocol(name, spec, ids, background) for name, spec in protocols_raw.items()
+    }
+    if default_protocol != "honest" and default_protocol not in protocols:
+        raise ValueError(f"protocols.default = {default_protocol!r} is not a defined protocol")
+
+    return DatasetCard(
+        name=raw["name"],
+        title=raw.get("title", raw["name"]),
+        citation=raw.get("citation", ""),
+        license=raw.get("license", "not stated"),
+        root=raw.get("root", raw["name"]),
+        classes=tuple(classes),
+        background=background,
+        layout=layout,
+        splits=splits,
+        default_split=default_split or "",
+        unlabeled=unlabeled,
+        protocols=protocols,
+        default_protocol=default_protocol,
+        path=path,
+        variant=variant,
+        merge=merge,
+        generator=dict(raw.get("generator", {})),
+        fetch=dict(raw.get("fetch", {})),
+        raw=raw,
+    )
+
+
+def _parse_classes(raw: dict[str, Any]) -> list[ClassInfo]:
+    ids, names = list(raw["ids"]), list(raw["names"])
+    colors = [tuple(int(v) for v in c) for c in raw["colors"]]
+    if not (len(ids) == len(names) == len(colors)):
+        raise ValueError(
+            f"classes.ids, classes.names and classes.colors differ in length "
+            f"({len(ids)}, {len(names)}, {len(colors)})"
+        )
+    for color in colors:
+        if len(color) != 3 or not all(0 <= v <= 255 for v in color):
+            raise ValueError(f"class colour {color} is not an RGB triple in 0..255")
+    return [ClassInfo(int(i), str(n), c) for i, n, c in zip(ids, names, colors)]  # type: ignore[arg-type]
+
+
+def _parse_split(name: str, raw: dict[str, Any]) -> SplitSpec:
+    val, holdout = raw.get("val"), raw.get("val_holdout")
+    if (val is None) == (holdout is None):
+        raise ValueError(f"split '{name}' needs exactly one of 'val' (list file) or 'val_holdout'")
+    if holdout is not None and int(holdout) < 1:
+        raise ValueError(f"split '{name}': val_holdout must be ≥ 1")
+    return SplitSpec(
+        name=name,
+        train=raw["train"],
+        test=raw["test"],
+        val=val,
+        val_holdout=int(holdout) if holdout is not None else None,
+    )
+
+
+def _check_variant_merge(
+    variant: str, base_ids: list[int], ids: list[int], merge: tuple[tuple[int, int], ...]
+) -> None:
+    """Every mask id of the base card must end up as one of the variant's class ids."""
+    mapping = dict(merge)
+    for src, dst in merge:
+        if src not in base_ids:
+            raise ValueError(
+                f"variant '{variant}': merge source {src} is not one of the card's class ids "
+                f"{base_ids}"
+            )
+        if dst not in ids:
+            raise ValueError(
+                f"variant '{variant}': merge target {dst} is not one of the variant's class "
+                f"ids {ids}"
+            )
+    unmapped = [i for i in base_ids if i not in mapping and i not in ids]
+    if unmapped:
+        raise ValueError(
+            f"variant '{variant}': class id(s) {unmapped} of the card are neither merged nor "
+            f"variant class ids {ids}"
+        )
+
+
+def _merge_pairs(raw: dict[str, Any]) -> tuple[tuple[int, int], ...]:
+    return tuple(sorted((int(k), int(v)) for k, v in raw.items()))
+
+
+def _parse_protocol(
+    name: str, raw: dict[str, Any], ids: list[int], background: int | None
+) -> ProtocolSpec:
+    metric = raw.get("metric", "iou")
+    if metric not in ("iou", "dice"):
+        raise ValueError(f"protocol '{name}': metric must be 'iou' or 'dice', got {metric!r}")
+    empty = raw.get("empty_union", "nan")
+    if empty not in ("nan", "zero"):
+        raise ValueError(f"protocol '{name}': empty_union must be 'nan' or 'zero', got {empty!r}")
+    classes_raw = raw.get("classes", "all")
+    foreground_only = classes_raw == "foreground"
+    if foreground_only and background is None:
+        raise ValueError(f"protocol '{name}': classes = 'foreground' needs classes.background")
+    classes: tuple[int, ...] | None = None
+    if isinstance(classes_raw, list):
+        classes = tuple(int(c) for c in classes_raw)
+    elif classes_raw not in ("all", "foreground"):
+        raise ValueError(f"protocol '{name}': classes must be a list, 'all' or 'foreground'")
+    merge = _merge_pairs(raw.get("merge", {}))
+    valid = set(ids)
+    for c in (*(classes or ()), *(x for pair in merge for x in pair)):
+        if c not in valid:
+            raise ValueError(f"protocol '{name}': class {c} is not one of the class ids {ids}")
+    resize = raw.get("resize")
+    if resize is not None and (not isinstance(resize, list) or len(resize) != 2):
+        raise ValueError(f"protocol '{name}': resize must be [height, width], got {resize!r}")
+    return ProtocolSpec(
+        name=name,
+        metric=metric,
+        classes=classes,
+        foreground_only=foreground_only,
+        empty_union=empty,
+        resize=(int(resize[0]), int(resize[1])) if resize else None,
+        merge=merge,
+        description=raw.get("description", ""),
+    )
+
+
+def _parse_unlabeled(unl: dict[str, Any]) -> UnlabeledSpec:
+    source = unl.get("from_split")
+    if source is not None and source != "train":
+        raise ValueError(f"unlabeled.from_split = {source!r}: only \"train\" is allowed (the "
+                         "training images; validation and test images never enter pretraining)")
+    if (source is None) == ("images" not in unl):
+        raise ValueError("[unlabeled] needs exactly one of images = \"<glob>\" or from_split = \"train\"")
+    return UnlabeledSpec(images=unl.get("images"), crop_bottom=int(unl.get("crop_bottom", 0)),
+                         from_split=source is not None)

@@ -1,0 +1,165 @@
+"""``python -m bench data check NAME``: is a prepared dataset complete and consistent with its card?
+
+``check_dataset`` returns one human-readable line per problem, each naming the file concerned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from bench.data.cards import DatasetCard
+from bench.data.download import sha256_file
+from bench.core.errors import BenchError
+from bench.data.sources import GeneratedSource, source_for
+
+ALPHA_MODES = ("LA", "PA", "RGBA")
+
+
+def check_dataset(card: DatasetCard, data_root: Path) -> list[str]:
+    """Problems found in ``data_root/card.root`` (an empty list: the dataset is ready)."""
+    if isinstance(source_for(card, data_root), GeneratedSource):
+        return []
+    root = Path(data_root) / card.root
+    if not root.is_dir():
+        return [
+            f"{root}: dataset folder missing; run `python -m bench data fetch {card.name}`, or set "
+            f"BENCH_DATA_ROOT / --data-root to the folder that contains {card.root}/"
+        ]
+    stems, problems = _split_stems(card, root)
+    if card.layout is not None:
+        allowed = set(card.class_ids) | {src for src, _ in card.merge}
+        for stem, listed_in in stems.items():
+            problems += _check_pair(card, root, stem, listed_in, allowed)
+    return problems + _check_checksums(card, root) + _check_unlabeled(card, root)
+
+
+def read_checksums(path: Path) -> dict[str, str]:
+    """``sha256sum``-style lines (``<hex>  <path>``) as {relative path: sha256}."""
+    sums = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or len(parts[0]) != 64:
+            raise BenchError(f"{path}:{n}: expected '<sha256>  <path>', got {line!r}")
+        sums[parts[1].lstrip("*").removeprefix("./")] = parts[0].lower()
+    return sums
+
+
+def _split_stems(card: DatasetCard, root: Path) -> tuple[dict[str, str], list[str]]:
+    """Every stem named by the card's split lists -> the first list naming it; plus problems."""
+    stems: dict[str, str] = {}
+    problems = []
+    lists = {f for spec in card.splits.values() for f in (spec.train, spec.test, spec.val) if f}
+    for rel in sorted(lists):
+        path = root / rel
+        if not path.is_file():
+            problems.append(f"{path}: split list missing")
+            continue
+        names = [s.strip() for s in path.read_text().splitlines() if s.strip()]
+        if not names:
+            problems.append(f"{path}: split list is empty")
+        for stem in names:
+            stems.setdefault(stem, rel)
+    return stems, problems
+
+
+def _check_pair(
+    card: DatasetCard, root: Path, stem: str, listed_in: str, allowed: set[int]
+) -> list[str]:
+    layout = card.layout
+    assert layout is not None
+    image_path = root / layout.images.replace("{stem}", stem)
+    mask_path = root / layout.masks.replace("{stem}", stem)
+    missing = [
+        f"{p}: {what} missing (stem '{stem}' is listed in {listed_in})"
+        for p, what in ((image_path, "image"), (mask_path, "mask"))
+        if not p.is_file()
+    ]
+    if missing:
+        return missing
+    try:
+        with Image.open(image_path) as im:
+            width, height = im.size
+    except (OSError, UnidentifiedImageError) as exc:
+        return [f"{image_path}: image cannot be read ({exc})"]
+    try:
+        with Image.open(mask_path) as im:
+            mask = _mask_array(im, layout.mask_channel)
+    except (OSError, UnidentifiedImageError) as exc:
+        return [f"{mask_path}: mask cannot be read ({exc})"]
+    if isinstance(mask, str):
+        return [f"{mask_path}: {mask}"]
+    problems = []
+    mask_h, mask_w = mask.shape
+    if layout.crop_image_to_mask:
+        if mask_w != width or mask_h > height:
+            problems.append(
+                f"{mask_path}: mask is {mask_w}x{mask_h} but image {image_path.name} is "
+                f"{width}x{height} (need the same width and a mask no taller than the image)"
+            )
+    elif (mask_w, mask_h) != (width, height):
+        problems.append(
+            f"{mask_path}: mask is {mask_w}x{mask_h} but image {image_path.name} "
+            f"is {width}x{height}"
+        )
+    bad = sorted(set(np.unique(mask).tolist()) - allowed)
+    if bad:
+        problems.append(
+            f"{mask_path}: mask values {bad} are not class ids of {card.full_name} "
+            f"(allowed: {sorted(allowed)})"
+        )
+    return problems
+
+
+def _mask_array(im: Image.Image, channel: int) -> np.ndarray | str:
+    """The 2-D class-id array of a mask, or a string saying why it is not a valid mask."""
+    arr = np.asarray(im)
+    if arr.ndim == 2:
+        return arr
+    if im.mode in ALPHA_MODES:
+        arr = arr[..., :-1]
+    if not 0 <= channel < arr.shape[-1]:
+        return f"layout.mask_channel = {channel} but the mask has {arr.shape[-1]} channels"
+    if not all(np.array_equal(arr[..., c], arr[..., 0]) for c in range(1, arr.shape[-1])):
+        return f"mask has {arr.shape[-1]} channels that differ (a colour image, not class ids?)"
+    return arr[..., channel]
+
+
+def _check_checksums(card: DatasetCard, root: Path) -> list[str]:
+    name = card.fetch.get("checksums")
+    if not name:
+        return []
+    sums_path = card.path.parent / name
+    if not sums_path.is_file():
+        return [f"{sums_path}: checksums file named by {card.path} [fetch] is missing"]
+    problems = []
+    for rel, digest in read_checksums(sums_path).items():
+        path = root / rel
+        if not path.is_file():
+            problems.append(f"{path}: missing (listed in {sums_path.name})")
+        elif (got := sha256_file(path)) != digest:
+            problems.append(
+                f"{path}: sha256 mismatch (listed in {sums_path.name}): "
+                f"expected {digest}, got {got}"
+            )
+    return problems
+
+
+def _check_unlabeled(card: DatasetCard, root: Path) -> list[str]:
+    if card.unlabeled is None or card.unlabeled.from_split:
+        return []  # a pool of training images is checked with the labeled images
+    files = sorted(root.glob(card.unlabeled.images))
+    if not files:
+        return [f"{root / card.unlabeled.images}: no unlabeled images match this pattern"]
+    problems = []
+    for path in files:
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, UnidentifiedImageError) as exc:
+            problems.append(f"{path}: unlabeled image cannot be read ({exc})")
+    return problems

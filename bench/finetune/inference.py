@@ -1,0 +1,116 @@
+"""Inference and evaluation at native resolution (or at a protocol's resize).
+
+``predict`` labels one image: the whole image padded to a multiple of 32, or overlapping
+``tile``-sized windows whose logits are averaged. ``evaluate`` accumulates one confusion matrix per
+evaluation resolution over a whole image set and scores every protocol from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.data.cards import DatasetCard, ProtocolSpec
+from bench.data.images import LabeledImage
+from bench.finetune.metrics import ConfusionMatrix, Summary, merge_classes, protocol_score, summarize
+from bench.models.inputs import normalize_uint8
+
+
+@torch.no_grad()
+def predict(model: nn.Module, image: np.ndarray, device: torch.device, tile: int = 0,
+            size: tuple[int, int] | None = None) -> np.ndarray:
+    """Class ids for one grayscale image at native resolution (or resized to ``size``)."""
+    x = normalize_uint8(torch.from_numpy(image)[None].to(device))
+    if size is not None:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    logits = _sliding_logits(model, x, tile) if tile else _padded_logits(model, x)
+    return logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+
+
+def forward_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's logits for a normalised batch: bf16 autocast + channels_last on CUDA, fp32 out."""
+    if x.device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return model(x.contiguous(memory_format=torch.channels_last)).float()
+    return model(x)
+
+
+def _padded_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % 32, (-w) % 32
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return forward_logits(model, F.pad(x, (0, pw, 0, ph), mode=mode))[..., :h, :w]
+
+
+def _sliding_logits(model: nn.Module, x: torch.Tensor, tile: int) -> torch.Tensor:
+    """Average logits of overlapping ``tile``-sized windows (stride tile/2) covering the image."""
+    h, w = x.shape[-2:]
+    if h <= tile and w <= tile:
+        return _padded_logits(model, x)
+    stride = tile // 2
+    tops = _window_starts(h, tile, stride)
+    lefts = _window_starts(w, tile, stride)
+    total = count = None
+    for top in tops:
+        for left in lefts:
+            window = x[..., top : top + tile, left : left + tile]
+            logits = _padded_logits(model, window)
+            if total is None:
+                total = x.new_zeros((1, logits.shape[1], h, w))
+                count = x.new_zeros((1, 1, h, w))
+            total[..., top : top + tile, left : left + tile] += logits
+            count[..., top : top + tile, left : left + tile] += 1
+    return total / count
+
+
+def _window_starts(length: int, tile: int, stride: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    return [*starts, length - tile]
+
+
+@dataclass
+class ProtocolResult:
+    score: float
+    summary: Summary
+
+
+
+def evaluate(model: nn.Module, images: list[LabeledImage], card: DatasetCard,
+             protocols: list[ProtocolSpec], device: torch.device, tile: int,
+             keep: dict[str, np.ndarray] | None = None) -> dict[str, ProtocolResult]:
+    """Score every protocol from one confusion matrix per evaluation resolution.
+
+    Each matrix is accumulated over the whole image set (not averaged per image); protocols at the
+    same resolution share the same predictions. Native-resolution predictions of images whose stem
+    is a key of ``keep`` are stored there.
+    """
+    matrices: dict[tuple[int, int] | None, np.ndarray] = {}
+    for size in dict.fromkeys(p.resize for p in protocols):
+        cm = ConfusionMatrix(card.num_classes)
+        for item in images:
+            if size is None:
+                pred = predict(model, item.image, device, tile)
+                if keep is not None and item.stem in keep:
+                    keep[item.stem] = pred
+                cm.update(pred, item.mask)
+            else:
+                cm.update(predict(model, item.image, device, size=size), resize_mask(item.mask, size))
+        matrices[size] = cm.matrix
+    results = {}
+    for spec in protocols:
+        cm = matrices[spec.resize]
+        merged = merge_classes(cm, spec.merge) if spec.merge else cm
+        results[spec.name] = ProtocolResult(protocol_score(cm, spec, card.background),
+                                            summarize(merged, card.background))
+    return results
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return F.interpolate(t, size=size, mode="nearest")[0, 0].numpy().astype(np.uint8)

@@ -1,0 +1,161 @@
+"""What every method is: a named, registered producer of the encoder weights fine-tuning starts from.
+
+``Method`` holds the name, kind, hyperparameters (``Params``) and search space; ``Baseline`` methods
+return their weights directly (``encoder_state``); SSL methods (``bench.ssl.base.SSLMethod``) are
+pretrained by the engine (``bench.ssl.engine.encoder_for`` handles both kinds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from bench.core.errors import BenchError
+from bench.data.cards import DatasetCard
+from bench.data.images import LabeledImage
+from bench.models.encoders import EncoderState
+
+
+@dataclass
+class EncoderContext:
+    """What a method may use to build its encoder weights for one run."""
+
+    card: DatasetCard
+    data_root: Path
+    encoder: str
+    init: str
+    profile: str
+    seed: int
+    device: torch.device
+    cache_dir: Path
+    shots: list[LabeledImage] = field(default_factory=list)
+    draw: int = 0
+    compile: str = "off"
+    split: str | None = None
+    """The dataset split of the run (a pool drawn from a split's training images depends on it)."""
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A method without tunable hyperparameters."""
+
+
+@dataclass(frozen=True)
+class SearchDim:
+    """One hyperparameter's range for ``bench tune`` (an Optuna distribution, without optuna).
+
+    ``kind`` is ``float`` (``low``..``high``, ``log`` scale optional), ``int`` (``step``) or
+    ``choice`` (``choices``). Build with ``SearchDim.real``, ``SearchDim.integer``, ``SearchDim.choice``.
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: int | None = None
+    choices: tuple[Any, ...] = ()
+
+    @classmethod
+    def real(cls, low: float, high: float, log: bool = False) -> "SearchDim":
+        return cls("float", low, high, log)
+
+    @classmethod
+    def integer(cls, low: int, high: int, log: bool = False, step: int = 1) -> "SearchDim":
+        return cls("int", low, high, log, step)
+
+    @classmethod
+    def choice(cls, *choices: Any) -> "SearchDim":
+        return cls("choice", choices=tuple(choices))
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "choice":
+            return value in self.choices
+        return isinstance(value, (int, float)) and self.low <= value <= self.high
+
+
+class Method(ABC):
+    """Base class: subclasses set ``name`` and ``description``.
+
+    ``kind`` is ``supervised`` for baselines (no pretraining) and ``ssl`` for pretraining methods.
+    ``uses_labels`` marks methods whose pretraining sees the labeled shots (their cache key then
+    includes the draw). ``Params`` is a dataclass of the method's hyperparameters.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    kind: ClassVar[str] = "ssl"
+    uses_labels: ClassVar[bool] = False
+    fixed_init: ClassVar[str | None] = None
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        self.params = build_params(self.Params, params or {}, self.name)
+
+    def init_for(self, requested: str) -> str:
+        """The encoder initialisation actually used (baselines fix theirs)."""
+        return self.fixed_init or requested
+
+    def params_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.params)
+
+    @classmethod
+    def search_space(cls, profile: str) -> dict[str, SearchDim]:
+        """What ``bench tune`` searches at this profile: parameter name → range.
+
+        Keys are ``Params`` fields or, for SSL methods, pretraining-loop settings (``lr``,
+        ``epochs``... see ``bench.ssl.config.PretrainConfig``): anything ``--param`` accepts. Empty: the
+        method has nothing to tune.
+        """
+        return {}
+
+    def pretrain_config(self, ctx: EncoderContext) -> dict[str, Any] | None:
+        """Everything that determines this method's pretraining, or None without pretraining."""
+        return None
+
+
+class Baseline(Method):
+    """A supervised baseline: fixed starting weights, no pretraining."""
+
+    kind: ClassVar[str] = "supervised"
+
+    @abstractmethod
+    def encoder_state(self, ctx: EncoderContext) -> EncoderState | None:
+        """Weights for the segmentation encoder (smp key names), or None for random init."""
+
+
+def build_params(params_cls: type, values: dict[str, Any], method: str) -> Any:
+    """Instantiate a method's params dataclass, with a clear error for unknown/ill-typed values."""
+    known = {f.name: f for f in dataclasses.fields(params_cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise BenchError(
+            f"method '{method}' has no parameter(s) {', '.join(unknown)}; "
+            f"parameters: {', '.join(known) or 'none'}"
+        )
+    converted = {}
+    for key, value in values.items():
+        default = getattr(params_cls(), key)
+        try:
+            converted[key] = _coerce(value, type(default))
+        except (TypeError, ValueError):
+            raise BenchError(
+                f"method '{method}': parameter {key}={value!r} is not a {type(default).__name__}"
+            ) from None
+    return params_cls(**converted)
+
+
+def _coerce(value: Any, target: type) -> Any:
+    if target is bool and isinstance(value, str):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(value)
+    if target in (int, float, str, bool):
+        return target(value)
+    return value
