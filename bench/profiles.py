@@ -26,15 +26,31 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         "smoke",
-        FinetuneConfig(arch="unet", encoder="resnet18", steps=4, batch_size=2, crop=64,
-                       lr=1e-3, warmup_steps=0, eval_every=4),
+        FinetuneConfig(
+            arch="unet",
+            encoder="resnet18",
+            steps=4,
+            batch_size=2,
+            crop=64,
+            lr=1e-3,
+            warmup_steps=0,
+            eval_every=4,
+        ),
         "random",
         "seconds: tests and CI",
     ),
     "quick": Profile(
         "quick",
-        FinetuneConfig(arch="unet", encoder="resnet18", steps=150, batch_size=4, crop=192,
-                       lr=1e-3, warmup_steps=10, eval_every=50),
+        FinetuneConfig(
+            arch="unet",
+            encoder="resnet18",
+            steps=150,
+            batch_size=4,
+            crop=192,
+            lr=1e-3,
+            warmup_steps=10,
+            eval_every=50,
+        ),
         "random",
         "minutes on 2 CPU cores: ResNet-18 U-Net, 150 steps of 192² crops",
     ),
@@ -46,12 +62,22 @@ PROFILES: dict[str, Profile] = {
     ),
     "paper": Profile(
         "paper",
-        FinetuneConfig(steps=200, batch_size=8, crop=256, lr=1e-4, weight_decay=0.0,
-                       warmup_steps=0, schedule="constant", loss="dice", eval_every=10),
+        FinetuneConfig(
+            steps=200,
+            batch_size=8,
+            crop=256,
+            lr=1e-4,
+            weight_decay=0.0,
+            warmup_steps=0,
+            schedule="constant",
+            loss="dice",
+            eval_every=10,
+        ),
         "imagenet",
         "seed papers' settings: UNet++/ResNet-50, Adam 1e-4 constant, 200 steps, Dice loss",
     ),
 }
+
 
 def get_profile(name: str) -> Profile:
     if name not in PROFILES:

@@ -68,9 +68,9 @@ class RunEnv:
     cache_dir: Path
     force: bool = False
     compile: str = "off"
-    _datasets: dict[tuple[str, str], "LoadedSplit"] = field(default_factory=dict)
+    _datasets: dict[tuple[str, str], LoadedSplit] = field(default_factory=dict)
 
-    def split_data(self, card: DatasetCard, split: str) -> "LoadedSplit":
+    def split_data(self, card: DatasetCard, split: str) -> LoadedSplit:
         key = (card.full_name, split)
         if key not in self._datasets:
             part = partition(card, self.data_root, split)
@@ -130,9 +130,17 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
     shots = load_labeled(card, env.data_root, stems)
     seed = spec.seed * 1000 + spec.draw
     ctx = EncoderContext(
-        card=card, data_root=env.data_root, encoder=cfg.encoder, init=init, profile=profile.name,
-        seed=spec.seed, device=env.device, cache_dir=env.cache_dir,
-        shots=shots if method.uses_labels else [], draw=spec.draw, compile=env.compile,
+        card=card,
+        data_root=env.data_root,
+        encoder=cfg.encoder,
+        init=init,
+        profile=profile.name,
+        seed=spec.seed,
+        device=env.device,
+        cache_dir=env.cache_dir,
+        shots=shots if method.uses_labels else [],
+        draw=spec.draw,
+        compile=env.compile,
         split=split,
     )
     config = {
@@ -149,12 +157,14 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
         "finetune": dataclasses.asdict(cfg),
         "pretrain": method.pretrain_config(ctx),
     }
-    return PreparedRun(spec, card, method, cfg, init, split, shots, data, ctx, config,
-                       config_hash(config))
+    return PreparedRun(
+        spec, card, method, cfg, init, split, shots, data, ctx, config, config_hash(config)
+    )
 
 
-def run_one(spec: RunSpec, env: RunEnv,
-            on_eval: Callable[[int, float], None] | None = None) -> RunOutcome:
+def run_one(
+    spec: RunSpec, env: RunEnv, on_eval: Callable[[int, float], None] | None = None
+) -> RunOutcome:
     """Execute one grid point and store it; skipped when its config already succeeded.
 
     ``on_eval(step, val_score)`` is passed to fine-tuning (hyperparameter search prunes with it).
@@ -166,7 +176,9 @@ def run_one(spec: RunSpec, env: RunEnv,
     else:
         done = env.store.succeeded(run.hash)
         if done is not None:
-            return RunOutcome(spec, "skipped", run.hash, done.id, _stored_scores(env.store, done.id))
+            return RunOutcome(
+                spec, "skipped", run.hash, done.id, _stored_scores(env.store, done.id)
+            )
     run_id = env.store.start_run(_new_run(run, env))
     started = time.time()
     try:
@@ -175,9 +187,19 @@ def run_one(spec: RunSpec, env: RunEnv,
         torch.manual_seed(run.config["seed"])
         model = build_segmenter(run.cfg.arch, run.cfg.encoder, run.card.num_classes, encoder.state)
         label = f"{run.method.name} {run.card.full_name} {spec.shots}-shot draw {spec.draw}"
-        result = finetune(model, run.shots, run.data.val, run.data.test, run.card, run.cfg,
-                          env.device, run.config["seed"], label, on_eval=on_eval,
-                          compile=env.compile)
+        result = finetune(
+            model,
+            run.shots,
+            run.data.val,
+            run.data.test,
+            run.card,
+            run.cfg,
+            env.device,
+            run.config["seed"],
+            label,
+            on_eval=on_eval,
+            compile=env.compile,
+        )
     except BenchError as exc:
         env.store.fail_run(run_id, str(exc))
         raise
@@ -187,13 +209,20 @@ def run_one(spec: RunSpec, env: RunEnv,
     rows = metric_rows(result, run.card)
     summary = {
         **encoder.info,
-        "predictions": save_predictions(result.selected.predictions,
-                                        env.cache_dir / "predictions" / run.hash),
+        "predictions": save_predictions(
+            result.selected.predictions, env.cache_dir / "predictions" / run.hash
+        ),
         "selected_step": result.selected.step,
         "finetune_compiled": result.compiled,
         "losses": result.losses,
-        "evals": [{"step": e.step, "val": e.val_score,
-                   **{f"test/{k}": v.score for k, v in e.test.items()}} for e in result.evals],
+        "evals": [
+            {
+                "step": e.step,
+                "val": e.val_score,
+                **{f"test/{k}": v.score for k, v in e.test.items()},
+            }
+            for e in result.evals
+        ],
         "seconds": {"total": time.time() - started, "encoder": pretrain_seconds},
         "absent_classes": result.selected.test["honest"].summary.absent,
     }
@@ -215,13 +244,24 @@ def save_predictions(predictions: dict[str, np.ndarray], folder: Path) -> dict[s
 def _new_run(run: PreparedRun, env: RunEnv) -> NewRun:
     pretrain = run.config["pretrain"]
     return NewRun(
-        config_hash=run.hash, method=run.method.name, dataset=run.card.full_name, split=run.split,
-        shots=len(run.shots), shots_label=run.config["shots"], draw=run.spec.draw,
-        seed=run.config["seed"], profile=run.spec.profile, init=run.init,
-        encoder=run.cfg.encoder, arch=run.cfg.arch, config=run.config,
+        config_hash=run.hash,
+        method=run.method.name,
+        dataset=run.card.full_name,
+        split=run.split,
+        shots=len(run.shots),
+        shots_label=run.config["shots"],
+        draw=run.spec.draw,
+        seed=run.config["seed"],
+        profile=run.spec.profile,
+        init=run.init,
+        encoder=run.cfg.encoder,
+        arch=run.cfg.arch,
+        config=run.config,
         images=[s.stem for s in run.shots],
         pretrain_hash=config_hash(pretrain) if pretrain else None,
-        versions=collect_versions(), device=device_name(env.device), git_commit=git_commit(),
+        versions=collect_versions(),
+        device=device_name(env.device),
+        git_commit=git_commit(),
         host=socket.gethostname(),
     )
 
@@ -247,14 +287,26 @@ def metric_rows(result: FinetuneResult, card: DatasetCard) -> list[MetricRow]:
     return rows
 
 
-def _summary_rows(protocol: str, selection: str, part: str, score: float, summary: Summary,
-                  step: int) -> list[MetricRow]:
+def _summary_rows(
+    protocol: str, selection: str, part: str, score: float, summary: Summary, step: int
+) -> list[MetricRow]:
     def row(metric: str, value: float, class_id: int | None = None) -> MetricRow:
-        return MetricRow(protocol=protocol, selection=selection, split_part=part, metric=metric,
-                         value=value, class_id=class_id)
+        return MetricRow(
+            protocol=protocol,
+            selection=selection,
+            split_part=part,
+            metric=metric,
+            value=value,
+            class_id=class_id,
+        )
 
-    rows = [row("score", score), row("miou", summary.miou), row("mdice_fg", summary.mdice_fg),
-            row("pixel_acc", summary.pixel_acc), row("step", float(step))]
+    rows = [
+        row("score", score),
+        row("miou", summary.miou),
+        row("mdice_fg", summary.mdice_fg),
+        row("pixel_acc", summary.pixel_acc),
+        row("step", float(step)),
+    ]
     rows += [row("iou", v, c) for c, v in enumerate(summary.iou)]
     rows += [row("dice", v, c) for c, v in enumerate(summary.dice)]
     return rows
@@ -273,10 +325,19 @@ def _stored_scores(store: ResultStore, run_id: int) -> dict[str, float]:
     return scores
 
 
-def make_env(data_root: str | None, store_url: str | None, device: str, cache_dir: str | None,
-             force: bool = False, compile: str = "off", with_store: bool = True) -> RunEnv:
+def make_env(
+    data_root: str | None,
+    store_url: str | None,
+    device: str,
+    cache_dir: str | None,
+    force: bool = False,
+    compile: str = "off",
+    with_store: bool = True,
+) -> RunEnv:
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    if compile != "off":  # compiled kernels persist beside the pretrainings, for later runs and workers
+    if (
+        compile != "off"
+    ):  # compiled kernels persist beside the pretrainings, for later runs and workers
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache / "inductor").resolve()))
     return RunEnv(
         data_root=resolve_data_root(data_root),

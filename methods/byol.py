@@ -39,13 +39,13 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
+from bench.core.errors import BenchError
 from bench.models.encoders import encoder_channels
 from bench.ssl.augment import ImagePool, ViewConfig, make_views
-from bench.core.errors import BenchError
-from bench.ssl.method import EncoderContext, SearchDim
-from bench.ssl.registry import register_method
 from bench.ssl.base import SSLMethod, SSLModel
 from bench.ssl.config import PretrainConfig
+from bench.ssl.method import EncoderContext, SearchDim
+from bench.ssl.registry import register_method
 
 
 @dataclass(frozen=True)
@@ -60,28 +60,56 @@ class BYOLParams:
 
 
 BYOL_PROFILES = {
-    "smoke": PretrainConfig(epochs=1, batch_size=4, view_size=64, steps_per_epoch=2, pool_limit=8,
-                            lr=0.05, weight_decay=5e-4),
-    "quick": PretrainConfig(epochs=4, batch_size=16, view_size=96, steps_per_epoch=10,
-                            lr=0.06 * 16 / 128, weight_decay=5e-4, warmup_epochs=1),
-    "standard": PretrainConfig(epochs=100, batch_size=128, view_size=224, lr=0.06 * 128 / 128,
-                               weight_decay=5e-4, warmup_epochs=10),
-    "paper": PretrainConfig(epochs=100, batch_size=32, view_size=224, lr=0.06 * 32 / 128,
-                            weight_decay=5e-4),
+    "smoke": PretrainConfig(
+        epochs=1,
+        batch_size=4,
+        view_size=64,
+        steps_per_epoch=2,
+        pool_limit=8,
+        lr=0.05,
+        weight_decay=5e-4,
+    ),
+    "quick": PretrainConfig(
+        epochs=4,
+        batch_size=16,
+        view_size=96,
+        steps_per_epoch=10,
+        lr=0.06 * 16 / 128,
+        weight_decay=5e-4,
+        warmup_epochs=1,
+    ),
+    "standard": PretrainConfig(
+        epochs=100,
+        batch_size=128,
+        view_size=224,
+        lr=0.06 * 128 / 128,
+        weight_decay=5e-4,
+        warmup_epochs=10,
+    ),
+    "paper": PretrainConfig(
+        epochs=100, batch_size=32, view_size=224, lr=0.06 * 32 / 128, weight_decay=5e-4
+    ),
 }
 
 
 def target_momentum(progress: float, base: float, end: float = 1.0) -> float:
     """BYOL's τ at ``progress`` ∈ [0, 1]: ``base`` at 0, ``end`` at 1, cosine in between."""
     # cosine_schedule with max_steps=2 runs its half cosine over step ∈ [0, 1]: step = progress.
-    return cosine_schedule(step=min(max(progress, 0.0), 1.0), max_steps=2, start_value=base,
-                           end_value=end)
+    return cosine_schedule(
+        step=min(max(progress, 0.0), 1.0), max_steps=2, start_value=base, end_value=end
+    )
 
 
 class BYOLModel(SSLModel):
-    def __init__(self, encoder: nn.Module, projector: nn.Module, predictor: nn.Module,
-                 views: tuple[ViewConfig, ViewConfig], momentum: tuple[float, float],
-                 bn_views: str) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        projector: nn.Module,
+        predictor: nn.Module,
+        views: tuple[ViewConfig, ViewConfig],
+        momentum: tuple[float, float],
+        bn_views: str,
+    ) -> None:
         super().__init__(encoder, bn_views)
         self.projector = projector
         self.predictor = predictor
@@ -101,8 +129,9 @@ class BYOLModel(SSLModel):
     def target(self, x: torch.Tensor) -> torch.Tensor:
         return self.target_projector(self.target_encoder(x)[-1].mean(dim=(2, 3)))
 
-    def training_loss(self, pool: ImagePool, index: torch.Tensor,
-                      generator: torch.Generator) -> torch.Tensor:
+    def training_loss(
+        self, pool: ImagePool, index: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         v1 = make_views(pool, index, self.views[0], generator).images
         v2 = make_views(pool, index, self.views[1], generator).images
         p1, p2 = self.forward_views(self.online, v1, v2)
@@ -126,21 +155,28 @@ class BYOL(SSLMethod):
 
     @classmethod
     def search_space(cls, profile: str) -> dict[str, SearchDim]:
-        return {"momentum_base": SearchDim.real(0.9, 0.999),
-                "min_scale": SearchDim.real(0.08, 0.5),
-                **super().search_space(profile)}
+        return {
+            "momentum_base": SearchDim.real(0.9, 0.999),
+            "min_scale": SearchDim.real(0.08, 0.5),
+            **super().search_space(profile),
+        }
 
     def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
         p = self.params
         if not 0.0 <= p.momentum_base <= p.momentum_end <= 1.0:
-            raise BenchError("byol: need 0 ≤ momentum_base ≤ momentum_end ≤ 1, got "
-                             f"{p.momentum_base} and {p.momentum_end}")
+            raise BenchError(
+                "byol: need 0 ≤ momentum_base ≤ momentum_end ≤ 1, got "
+                f"{p.momentum_base} and {p.momentum_end}"
+            )
         if not 0.0 < p.min_scale <= 1.0:
             raise BenchError(f"byol: min_scale must be in (0, 1], got {p.min_scale}")
         projector = BYOLProjectionHead(encoder_channels(encoder)[-1], p.hidden_dim, p.output_dim)
         predictor = BYOLPredictionHead(p.output_dim, p.hidden_dim, p.output_dim)
         scale = (p.min_scale, 1.0)
-        views = (ViewConfig(size=cfg.view_size, scale=scale, blur=1.0),
-                 ViewConfig(size=cfg.view_size, scale=scale, blur=0.1))
-        return BYOLModel(encoder, projector, predictor, views, (p.momentum_base, p.momentum_end),
-                         cfg.bn_views)
+        views = (
+            ViewConfig(size=cfg.view_size, scale=scale, blur=1.0),
+            ViewConfig(size=cfg.view_size, scale=scale, blur=0.1),
+        )
+        return BYOLModel(
+            encoder, projector, predictor, views, (p.momentum_base, p.momentum_end), cfg.bn_views
+        )

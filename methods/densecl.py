@@ -43,13 +43,13 @@ from lightly.models.modules.memory_bank import MemoryBankModule
 from lightly.models.utils import deactivate_requires_grad, most_similar_index, update_momentum
 from torch import nn
 
+from bench.core.errors import BenchError
 from bench.models.encoders import encoder_channels
 from bench.ssl.augment import ImagePool, ViewConfig, make_views
-from bench.core.errors import BenchError
-from bench.ssl.method import EncoderContext, SearchDim
-from bench.ssl.registry import register_method
 from bench.ssl.base import SSLMethod, SSLModel
 from bench.ssl.config import PretrainConfig
+from bench.ssl.method import EncoderContext, SearchDim
+from bench.ssl.registry import register_method
 
 
 @dataclass(frozen=True)
@@ -66,14 +66,29 @@ class DenseCLParams:
 
 
 DENSECL_PROFILES = {
-    "smoke": PretrainConfig(epochs=1, batch_size=4, view_size=64, steps_per_epoch=2, pool_limit=8,
-                            lr=0.05, weight_decay=1e-4),
-    "quick": PretrainConfig(epochs=4, batch_size=16, view_size=96, steps_per_epoch=10,
-                            lr=0.03 * 16 / 256, weight_decay=1e-4),
-    "standard": PretrainConfig(epochs=100, batch_size=128, view_size=224, lr=0.03 * 128 / 256,
-                               weight_decay=1e-4),
-    "paper": PretrainConfig(epochs=100, batch_size=32, view_size=224, lr=0.03 * 32 / 256,
-                            weight_decay=1e-4),
+    "smoke": PretrainConfig(
+        epochs=1,
+        batch_size=4,
+        view_size=64,
+        steps_per_epoch=2,
+        pool_limit=8,
+        lr=0.05,
+        weight_decay=1e-4,
+    ),
+    "quick": PretrainConfig(
+        epochs=4,
+        batch_size=16,
+        view_size=96,
+        steps_per_epoch=10,
+        lr=0.03 * 16 / 256,
+        weight_decay=1e-4,
+    ),
+    "standard": PretrainConfig(
+        epochs=100, batch_size=128, view_size=224, lr=0.03 * 128 / 256, weight_decay=1e-4
+    ),
+    "paper": PretrainConfig(
+        epochs=100, batch_size=32, view_size=224, lr=0.03 * 32 / 256, weight_decay=1e-4
+    ),
 }
 
 DENSECL_QUEUE = {"smoke": 256, "quick": 1024, "standard": 4096, "paper": 4096}
@@ -85,12 +100,18 @@ def match_cells(feat_q: torch.Tensor, feat_k: torch.Tensor) -> torch.Tensor:
     Returns a ``B×(H·W)`` long tensor of row-major cell indices (``h·W + w``) into ``feat_k``.
     """
     with torch.no_grad():
-        return most_similar_index(feat_q.flatten(2).transpose(1, 2),
-                                  feat_k.flatten(2).transpose(1, 2))
+        return most_similar_index(
+            feat_q.flatten(2).transpose(1, 2), feat_k.flatten(2).transpose(1, 2)
+        )
 
 
-def dense_info_nce(q_grid: torch.Tensor, k_grid: torch.Tensor, index: torch.Tensor,
-                   negatives: torch.Tensor, temperature: float) -> torch.Tensor:
+def dense_info_nce(
+    q_grid: torch.Tensor,
+    k_grid: torch.Tensor,
+    index: torch.Tensor,
+    negatives: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
     """InfoNCE of every query cell against its matched key cell and the queue.
 
     ``q_grid`` and ``k_grid``: B×N×D, L2-normalised; ``index``: B×N, the key cell of each query
@@ -112,8 +133,16 @@ def _persistent(bank: MemoryBankModule) -> MemoryBankModule:
 
 
 class DenseCLModel(SSLModel):
-    def __init__(self, encoder: nn.Module, global_head: nn.Module, dense_head: nn.Module,
-                 params: DenseCLParams, queue_size: int, view: ViewConfig, bn_views: str) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        global_head: nn.Module,
+        dense_head: nn.Module,
+        params: DenseCLParams,
+        queue_size: int,
+        view: ViewConfig,
+        bn_views: str,
+    ) -> None:
         super().__init__(encoder, bn_views)
         self.global_head = global_head
         self.dense_head = dense_head
@@ -132,13 +161,15 @@ class DenseCLModel(SSLModel):
         self.view = view
 
     @staticmethod
-    def _heads(feat: torch.Tensor, global_head: nn.Module,
-               dense_head: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    def _heads(
+        feat: torch.Tensor, global_head: nn.Module, dense_head: nn.Module
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Global projection (B×D) and per-cell projections (B×N×D, not normalised)."""
         return global_head(feat.mean(dim=(2, 3))), dense_head(feat.flatten(2).transpose(1, 2))
 
-    def training_loss(self, pool: ImagePool, index: torch.Tensor,
-                      generator: torch.Generator) -> torch.Tensor:
+    def training_loss(
+        self, pool: ImagePool, index: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         view_q = make_views(pool, index, self.view, generator).images
         view_k = make_views(pool, index, self.view, generator).images
         feat_q = self.encoder(view_q)[-1]
@@ -151,8 +182,9 @@ class DenseCLModel(SSLModel):
         loss_global = self.global_criterion(q_global, k_global)  # enqueues k_global
         cells = match_cells(feat_q.detach(), feat_k)
         _, negatives = self.dense_queue(k_pooled, update=q_dense.requires_grad)
-        loss_dense = dense_info_nce(F.normalize(q_dense, dim=-1), k_dense, cells, negatives,
-                                    self.temperature)
+        loss_dense = dense_info_nce(
+            F.normalize(q_dense, dim=-1), k_dense, cells, negatives, self.temperature
+        )
         return (1 - self.loss_lambda) * loss_global + self.loss_lambda * loss_dense
 
     @torch.no_grad()
@@ -171,9 +203,11 @@ class DenseCL(SSLMethod):
 
     @classmethod
     def search_space(cls, profile: str) -> dict[str, SearchDim]:
-        return {"temperature": SearchDim.real(0.05, 0.5, log=True),
-                "loss_lambda": SearchDim.real(0.2, 0.8),
-                **super().search_space(profile)}
+        return {
+            "temperature": SearchDim.real(0.05, 0.5, log=True),
+            "loss_lambda": SearchDim.real(0.2, 0.8),
+            **super().search_space(profile),
+        }
 
     def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
         p = self.params
@@ -187,5 +221,6 @@ class DenseCL(SSLMethod):
         channels = encoder_channels(encoder)[-1]
         global_head = DenseCLProjectionHead(channels, p.hidden_dim, p.output_dim)
         dense_head = DenseCLProjectionHead(channels, p.hidden_dim, p.output_dim)
-        return DenseCLModel(encoder, global_head, dense_head, p, queue,
-                            ViewConfig(size=cfg.view_size), cfg.bn_views)
+        return DenseCLModel(
+            encoder, global_head, dense_head, p, queue, ViewConfig(size=cfg.view_size), cfg.bn_views
+        )

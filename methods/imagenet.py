@@ -1,4 +1,4 @@
-"""Supervised baseline: the encoder starts from torchvision's ImageNet-1k (V1) classification weights.
+"""Supervised baseline: the encoder starts from torchvision's ImageNet-1k (V1) classifier weights.
 
 These are the weights smp's ``"imagenet"`` ResNets and both seed papers' baselines use.
 """

@@ -22,13 +22,13 @@ import torch
 from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
+from bench.core.errors import BenchError
 from bench.models.encoders import encoder_channels
 from bench.ssl.augment import ViewConfig
-from bench.core.errors import BenchError
-from bench.ssl.method import EncoderContext, SearchDim
-from bench.ssl.registry import register_method
 from bench.ssl.base import SSLMethod, SSLModel
 from bench.ssl.config import PretrainConfig
+from bench.ssl.method import EncoderContext, SearchDim
+from bench.ssl.registry import register_method
 from methods.simclr import PooledContrastModel
 
 
@@ -44,8 +44,9 @@ class MatSSLParams:
 
 
 MATSSL_PROFILES = {
-    "smoke": PretrainConfig(epochs=1, batch_size=4, view_size=64, steps_per_epoch=2, pool_limit=8,
-                            lr=0.05),
+    "smoke": PretrainConfig(
+        epochs=1, batch_size=4, view_size=64, steps_per_epoch=2, pool_limit=8, lr=0.05
+    ),
     "quick": PretrainConfig(epochs=4, batch_size=16, view_size=96, steps_per_epoch=10, lr=0.1),
     "standard": PretrainConfig(epochs=100, batch_size=128, view_size=224, lr=0.1),
     "paper": PretrainConfig(epochs=100, batch_size=32, view_size=224, lr=0.1),
@@ -57,25 +58,35 @@ class GatedStageFusion(nn.Module):
 
     def __init__(self, channels: tuple[int, ...], gated: bool) -> None:
         super().__init__()
-        self.gates = nn.ParameterList(nn.Parameter(torch.ones(c)) for c in channels) if gated else None
+        self.gates = (
+            nn.ParameterList(nn.Parameter(torch.ones(c)) for c in channels) if gated else None
+        )
         self.out_dim = sum(channels)
 
     def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
         pooled = [s.mean(dim=(2, 3)) for s in stages]
         if self.gates is not None:
-            pooled = [p * torch.sigmoid(g) for p, g in zip(pooled, self.gates)]
+            pooled = [p * torch.sigmoid(g) for p, g in zip(pooled, self.gates, strict=True)]
         return torch.cat(pooled, dim=1)
 
 
 class MatSSLModel(PooledContrastModel):
-    def __init__(self, encoder: nn.Module, fusion: GatedStageFusion, stage_count: int, head: nn.Module,
-                 temperature: float, view: ViewConfig, bn_views: str) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        fusion: GatedStageFusion,
+        stage_count: int,
+        head: nn.Module,
+        temperature: float,
+        view: ViewConfig,
+        bn_views: str,
+    ) -> None:
         super().__init__(encoder, head, temperature, view, bn_views)
         self.fusion = fusion
         self.stage_count = stage_count
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        stages = self.encoder(x)[-self.stage_count:]
+        stages = self.encoder(x)[-self.stage_count :]
         return self.head(self.fusion(stages))
 
 
@@ -88,8 +99,7 @@ class MatSSL(SSLMethod):
 
     @classmethod
     def search_space(cls, profile: str) -> dict[str, SearchDim]:
-        return {"temperature": SearchDim.real(0.03, 0.5, log=True),
-                **super().search_space(profile)}
+        return {"temperature": SearchDim.real(0.03, 0.5, log=True), **super().search_space(profile)}
 
     def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
         p = self.params

@@ -68,14 +68,21 @@ from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 from torchvision.ops import roi_align
 
-from bench.ssl.augment import ImagePool, ViewConfig, crop_resize, flip_rotate, jitter, sample_boxes, \
-    to_model_input
-from bench.data.images import LabeledImage
 from bench.core.errors import BenchError
-from bench.ssl.method import EncoderContext, SearchDim
-from bench.ssl.registry import register_method
+from bench.data.images import LabeledImage
+from bench.ssl.augment import (
+    ImagePool,
+    ViewConfig,
+    crop_resize,
+    flip_rotate,
+    jitter,
+    sample_boxes,
+    to_model_input,
+)
 from bench.ssl.base import SSLMethod, SSLModel
 from bench.ssl.config import PretrainConfig
+from bench.ssl.method import EncoderContext, SearchDim
+from bench.ssl.registry import register_method
 
 STRIDES = (16, 8, 4)
 """Encoder stages used for the patch loss, coarse → fine (``features[-2], [-3], [-4]``)."""
@@ -139,8 +146,9 @@ def _rand(n: int, generator: torch.Generator, device: torch.device) -> torch.Ten
     return torch.rand(n, generator=generator, device=generator.device).to(device)
 
 
-def sample_subviews(n: int, sub_min: float, generator: torch.Generator,
-                    device: torch.device) -> SubView:
+def sample_subviews(
+    n: int, sub_min: float, generator: torch.Generator, device: torch.device
+) -> SubView:
     h = sub_min + (1 - sub_min) * _rand(n, generator, device)
     w = sub_min + (1 - sub_min) * _rand(n, generator, device)
     y0 = (1 - h) * _rand(n, generator, device)
@@ -170,8 +178,9 @@ def correspond(view: SubView, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
     coords = torch.stack(torch.meshgrid(centres, centres, indexing="ij"))  # 2×G×G: (u, v)
     # view 2 = flip_rotate(crop); moving the coordinate image the same way gives, at every view-2
     # cell, the crop-frame position of its content
-    coords = flip_rotate(coords.expand(n, 2, grid, grid).contiguous(), view.hflip, view.vflip,
-                         view.rot90)
+    coords = flip_rotate(
+        coords.expand(n, 2, grid, grid).contiguous(), view.hflip, view.vflip, view.rot90
+    )
     y = (view.sub[:, 0, None, None] + view.sub[:, 2, None, None] * coords[:, 0]) * grid
     x = (view.sub[:, 1, None, None] + view.sub[:, 3, None, None] * coords[:, 1]) * grid
     iy = y.floor().clamp(0, grid - 1)
@@ -190,16 +199,19 @@ def correspond(view: SubView, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
     return index, keep
 
 
-def cell_fractions(masks: torch.Tensor, num_classes: int, boxes: torch.Tensor, view: SubView,
-                   grid: int) -> torch.Tensor:
+def cell_fractions(
+    masks: torch.Tensor, num_classes: int, boxes: torch.Tensor, view: SubView, grid: int
+) -> torch.Tensor:
     """Class-area fractions of every view-2 cell: ``n×C×grid²`` from ``n×1×H×W`` id masks."""
     classes = torch.arange(num_classes, device=masks.device, dtype=masks.dtype).view(1, -1, 1, 1)
     onehot = (masks == classes).float()
-    rois = torch.cat([torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None],
-                      boxes], 1)
+    rois = torch.cat(
+        [torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None], boxes], 1
+    )
     # sampling_ratio=0: ceil(bin size) samples per bin, i.e. about one per pixel → area fraction
-    frac = roi_align(onehot, rois, output_size=grid, spatial_scale=1.0, sampling_ratio=0,
-                     aligned=True)
+    frac = roi_align(
+        onehot, rois, output_size=grid, spatial_scale=1.0, sampling_ratio=0, aligned=True
+    )
     frac = flip_rotate(frac, view.hflip, view.vflip, view.rot90)
     return frac.flatten(2)
 
@@ -208,9 +220,13 @@ def cell_fractions(masks: torch.Tensor, num_classes: int, boxes: torch.Tensor, v
 # Sampling and matching
 
 
-def sample_labeled(frac: torch.Tensor, candidates: torch.Tensor, k: int, min_fraction: float,
-                   generator: torch.Generator
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_labeled(
+    frac: torch.Tensor,
+    candidates: torch.Tensor,
+    k: int,
+    min_fraction: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """K cells per class from the labeled images; classes with too few cells are skipped.
 
     ``frac``: ``L×C×N`` class fractions; ``candidates``: ``L×N`` usable cells. Returns ``image``,
@@ -239,8 +255,13 @@ def sample_labeled(frac: torch.Tensor, candidates: torch.Tensor, k: int, min_fra
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty, empty, present
     flat = torch.cat(chosen)
-    cls = torch.cat([torch.full((k,), c, dtype=torch.long, device=device)
-                     for c, p in enumerate(picks) if p is not None])
+    cls = torch.cat(
+        [
+            torch.full((k,), c, dtype=torch.long, device=device)
+            for c, p in enumerate(picks)
+            if p is not None
+        ]
+    )
     return flat // n_cell, flat % n_cell, cls, present
 
 
@@ -294,8 +315,9 @@ def negative_mask(cls: torch.Tensor) -> torch.Tensor:
     return keep
 
 
-def patch_contrast(q: torch.Tensor, k: torch.Tensor, cls: torch.Tensor,
-                   temperature: float) -> torch.Tensor:
+def patch_contrast(
+    q: torch.Tensor, k: torch.Tensor, cls: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """NT-Xent over cells: positive = same location in the other view, negatives = other classes."""
     p = cls.shape[0]
     z = F.normalize(torch.cat([q, k]), dim=1)
@@ -314,8 +336,12 @@ class CellHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, out: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden),
-                                 nn.ReLU(inplace=True), nn.Linear(hidden, out))
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden),
+            nn.LayerNorm(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, out),
+        )
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.net(fmap.flatten(2).transpose(1, 2))
@@ -336,23 +362,35 @@ class MaskPool:
 class PSCLModel(SSLModel):
     compile_whole_step = False  # sampled cell counts vary per step
 
-    def __init__(self, encoder: nn.Module, shots: list[LabeledImage], num_classes: int,
-                 params: PSCLParams, view_size: int, bn_views: str, device: torch.device) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        shots: list[LabeledImage],
+        num_classes: int,
+        params: PSCLParams,
+        view_size: int,
+        bn_views: str,
+        device: torch.device,
+    ) -> None:
         super().__init__(encoder, bn_views)
         self.p = params
         self.num_classes = num_classes
         self.view_size = view_size
         channels = encoder.out_channels
-        self.image_head = SimCLRProjectionHead(channels[-1], params.hidden_dim, params.proj_dim,
-                                               batch_norm=False)
+        self.image_head = SimCLRProjectionHead(
+            channels[-1], params.hidden_dim, params.proj_dim, batch_norm=False
+        )
         self.cell_heads = nn.ModuleList(
             CellHead(channels[-2 - s], min(channels[-2 - s], params.hidden_dim), params.proj_dim)
-            for s in range(len(STRIDES)))
+            for s in range(len(STRIDES))
+        )
         self.criterion = NTXentLoss(temperature=params.temperature)
-        self.view1 = ViewConfig(size=view_size, ratio=(1.0, 1.0),
-                                scale=(params.view1_scale_min, params.view1_scale_max))
-        self.jitter_cfg = ViewConfig(size=view_size, jitter=0.8, brightness=params.jitter,
-                                     contrast=params.jitter, blur=0.0)
+        self.view1 = ViewConfig(
+            size=view_size, ratio=(1.0, 1.0), scale=(params.view1_scale_min, params.view1_scale_max)
+        )
+        self.jitter_cfg = ViewConfig(
+            size=view_size, jitter=0.8, brightness=params.jitter, contrast=params.jitter, blur=0.0
+        )
         self.shot_pool = ImagePool([s.image for s in shots], device)
         self.shot_masks = MaskPool([s.mask for s in shots], device)
         self.last_counts: list[torch.Tensor] = []
@@ -365,7 +403,7 @@ class PSCLModel(SSLModel):
         return 2 * (batch_size + shots)
 
     def samples_at(self, scale: int) -> int:
-        return self.p.samples * self.p.sample_ratio ** scale
+        return self.p.samples * self.p.sample_ratio**scale
 
     def _pick_shots(self, generator: torch.Generator, device: torch.device) -> torch.Tensor:
         total, limit = len(self.shot_pool), self.p.labeled_per_batch
@@ -388,21 +426,31 @@ class PSCLModel(SSLModel):
         view = sample_subviews(len(sizes), self.p.sub_min, generator, device)
         box2 = sub_boxes(box1, view.sub)
         size = self.view_size
-        x1 = torch.cat([crop_resize(pool, index, box1[:n_u], size),
-                        crop_resize(self.shot_pool, shots, box1[n_u:], size)])
-        x2 = torch.cat([crop_resize(pool, index, box2[:n_u], size),
-                        crop_resize(self.shot_pool, shots, box2[n_u:], size)])
+        x1 = torch.cat(
+            [
+                crop_resize(pool, index, box1[:n_u], size),
+                crop_resize(self.shot_pool, shots, box1[n_u:], size),
+            ]
+        )
+        x2 = torch.cat(
+            [
+                crop_resize(pool, index, box2[:n_u], size),
+                crop_resize(self.shot_pool, shots, box2[n_u:], size),
+            ]
+        )
         x2 = flip_rotate(x2, view.hflip, view.vflip, view.rot90)
         x1 = to_model_input(jitter(x1, self.jitter_cfg, generator))
         x2 = to_model_input(jitter(x2, self.jitter_cfg, generator))
         return x1, x2, shots, box2, view
 
-    def training_loss(self, pool: ImagePool, index: torch.Tensor,
-                      generator: torch.Generator) -> torch.Tensor:
+    def training_loss(
+        self, pool: ImagePool, index: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         x1, x2, shots, box2, view = self.make_views(pool, index, generator)
         f1, f2 = self.forward_views(self.encoder, x1, x2)
-        image_loss = self.criterion(self.image_head(f1[-1].mean(dim=(2, 3))),
-                                    self.image_head(f2[-1].mean(dim=(2, 3))))
+        image_loss = self.criterion(
+            self.image_head(f1[-1].mean(dim=(2, 3))), self.image_head(f2[-1].mean(dim=(2, 3)))
+        )
         n_u = len(index)
         lab_view = SubView(view.sub[n_u:], view.hflip[n_u:], view.vflip[n_u:], view.rot90[n_u:])
         patch_losses, self.last_counts = [], []
@@ -410,12 +458,15 @@ class PSCLModel(SSLModel):
             grid = self.view_size // stride
             m1, m2 = f1[-2 - s], f2[-2 - s]
             if m1.shape[-2:] != (grid, grid):
-                raise BenchError(f"pscl: expected a {grid}×{grid} map at stride {stride}, got "
-                                 f"{tuple(m1.shape[-2:])}; view_size must be a multiple of 16")
+                raise BenchError(
+                    f"pscl: expected a {grid}×{grid} map at stride {stride}, got "
+                    f"{tuple(m1.shape[-2:])}; view_size must be a multiple of 16"
+                )
             z1, z2 = self.cell_heads[s](m1), self.cell_heads[s](m2)
             index1, keep = correspond(view, grid)
-            frac = cell_fractions(self.shot_masks.data[shots], self.num_classes, box2[n_u:],
-                                  lab_view, grid)
+            frac = cell_fractions(
+                self.shot_masks.data[shots], self.num_classes, box2[n_u:], lab_view, grid
+            )
             loss = self.patch_loss(z1, z2, index1, keep, frac, self.samples_at(s), generator)
             if loss is not None:
                 patch_losses.append(loss)
@@ -425,9 +476,16 @@ class PSCLModel(SSLModel):
         return (1 - a) * image_loss + a * torch.stack(patch_losses).mean()
 
     @torch.compiler.disable  # data-dependent shapes and loops: keep it out of compiled graphs
-    def patch_loss(self, z1: torch.Tensor, z2: torch.Tensor, index1: torch.Tensor,
-                   keep: torch.Tensor, frac: torch.Tensor, k: int,
-                   generator: torch.Generator) -> torch.Tensor | None:
+    def patch_loss(
+        self,
+        z1: torch.Tensor,
+        z2: torch.Tensor,
+        index1: torch.Tensor,
+        keep: torch.Tensor,
+        frac: torch.Tensor,
+        k: int,
+        generator: torch.Generator,
+    ) -> torch.Tensor | None:
         """One scale: labeled sampling, unlabeled matching, class-aware NT-Xent (None: < 2 classes).
 
         ``z1``/``z2``: ``n×G²×D`` cell embeddings of views 1/2 (unlabeled images first, then the
@@ -459,17 +517,21 @@ class PSCLModel(SSLModel):
 @register_method
 class PSCL(SSLMethod):
     name = "pscl"
-    description = ("PSCL: image NT-Xent + class-aware patch NT-Xent at 3 encoder scales, "
-                   "classes from the shots' masks (uses the labels; re-pretrained per draw)")
+    description = (
+        "PSCL: image NT-Xent + class-aware patch NT-Xent at 3 encoder scales, "
+        "classes from the shots' masks (uses the labels; re-pretrained per draw)"
+    )
     uses_labels = True
     Params = PSCLParams
     profiles = PSCL_PROFILES
 
     @classmethod
     def search_space(cls, profile: str) -> dict[str, SearchDim]:
-        return {"temperature": SearchDim.real(0.05, 1.0, log=True),
-                "patch_weight": SearchDim.real(0.3, 0.9),
-                **super().search_space(profile)}
+        return {
+            "temperature": SearchDim.real(0.05, 1.0, log=True),
+            "patch_weight": SearchDim.real(0.3, 0.9),
+            **super().search_space(profile),
+        }
 
     def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
         p = self.params
@@ -483,5 +545,6 @@ class PSCL(SSLMethod):
             raise BenchError(f"pscl: min_fraction must lie in (0, 1], got {p.min_fraction}")
         if p.samples < 1 or p.sample_ratio < 1 or not 0.0 < p.sub_min <= 1.0:
             raise BenchError("pscl: samples and sample_ratio must be ≥ 1, sub_min in (0, 1]")
-        return PSCLModel(encoder, ctx.shots, ctx.card.num_classes, p, cfg.view_size, cfg.bn_views,
-                         ctx.device)
+        return PSCLModel(
+            encoder, ctx.shots, ctx.card.num_classes, p, cfg.view_size, cfg.bn_views, ctx.device
+        )

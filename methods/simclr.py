@@ -19,10 +19,10 @@ from torch import nn
 
 from bench.models.encoders import encoder_channels
 from bench.ssl.augment import ImagePool, ViewConfig, make_views
-from bench.ssl.method import EncoderContext, SearchDim
-from bench.ssl.registry import register_method
 from bench.ssl.base import SSLMethod, SSLModel
 from bench.ssl.config import PretrainConfig
+from bench.ssl.method import EncoderContext, SearchDim
+from bench.ssl.registry import register_method
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,15 @@ class SimCLRParams:
 
 
 SIMCLR_PROFILES = {
-    "smoke": PretrainConfig(epochs=1, batch_size=4, view_size=64, steps_per_epoch=2, pool_limit=8,
-                            lr=0.05),
-    "quick": PretrainConfig(epochs=4, batch_size=16, view_size=96, steps_per_epoch=10, lr=0.1,
-                            warmup_epochs=1),
-    "standard": PretrainConfig(epochs=100, batch_size=128, view_size=224, lr=0.15, warmup_epochs=10),
+    "smoke": PretrainConfig(
+        epochs=1, batch_size=4, view_size=64, steps_per_epoch=2, pool_limit=8, lr=0.05
+    ),
+    "quick": PretrainConfig(
+        epochs=4, batch_size=16, view_size=96, steps_per_epoch=10, lr=0.1, warmup_epochs=1
+    ),
+    "standard": PretrainConfig(
+        epochs=100, batch_size=128, view_size=224, lr=0.15, warmup_epochs=10
+    ),
     "paper": PretrainConfig(epochs=100, batch_size=32, view_size=224, lr=0.1),
 }
 
@@ -45,8 +49,14 @@ SIMCLR_PROFILES = {
 class PooledContrastModel(SSLModel):
     """Global contrast: pooled encoder features → projection head → NT-Xent between two views."""
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, temperature: float, view: ViewConfig,
-                 bn_views: str) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        head: nn.Module,
+        temperature: float,
+        view: ViewConfig,
+        bn_views: str,
+    ) -> None:
         super().__init__(encoder, bn_views)
         self.head = head
         self.criterion = NTXentLoss(temperature=temperature)
@@ -55,8 +65,9 @@ class PooledContrastModel(SSLModel):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x)[-1].mean(dim=(2, 3)))
 
-    def training_loss(self, pool: ImagePool, index: torch.Tensor,
-                      generator: torch.Generator) -> torch.Tensor:
+    def training_loss(
+        self, pool: ImagePool, index: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         v1 = make_views(pool, index, self.view, generator).images
         v2 = make_views(pool, index, self.view, generator).images
         z1, z2 = self.forward_views(self.embed, v1, v2)
@@ -72,11 +83,11 @@ class SimCLR(SSLMethod):
 
     @classmethod
     def search_space(cls, profile: str) -> dict[str, SearchDim]:
-        return {"temperature": SearchDim.real(0.05, 1.0, log=True),
-                **super().search_space(profile)}
+        return {"temperature": SearchDim.real(0.05, 1.0, log=True), **super().search_space(profile)}
 
     def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
         p = self.params
         head = SimCLRProjectionHead(encoder_channels(encoder)[-1], p.hidden_dim, p.output_dim)
-        return PooledContrastModel(encoder, head, p.temperature, ViewConfig(size=cfg.view_size),
-                                   cfg.bn_views)
+        return PooledContrastModel(
+            encoder, head, p.temperature, ViewConfig(size=cfg.view_size), cfg.bn_views
+        )

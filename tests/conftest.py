@@ -20,7 +20,6 @@ from tests.helpers.paths import SHARED_DATA_ENV, shared_data_path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real datasets: ``$BENCH_SHARED_DATA``, else ``<repo>/../shared/data``."""
@@ -48,13 +47,13 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tmp_store_url
 
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
-    """``cli(argv)`` runs ``bench.cli.main(argv)`` in-process and returns (exit code, stdout, stderr).
+    """``cli(argv)`` runs ``bench.cli.main(argv)`` in-process; returns (exit code, stdout, stderr).
 
     argparse's ``SystemExit`` (``--help``, usage errors) becomes the exit code. Rich renders at a
     fixed, wide width so table rows are not wrapped.
     """
-    from bench.core import console as consoles
     from bench.cli import main
+    from bench.core import console as consoles
 
     monkeypatch.setenv("COLUMNS", "250")
     monkeypatch.setattr(consoles.console, "width", 250)  # fixed at import when not a terminal

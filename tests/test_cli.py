@@ -13,7 +13,6 @@ from bench.results.store import ResultStore
 from tests.helpers.paths import REPO
 
 
-
 def assert_user_error(code: int, out: str, err: str, *needles: str) -> None:
     assert code == 2, (code, out, err)
     assert "Traceback" not in err and "Traceback" not in out
@@ -34,8 +33,13 @@ def test_help(cli) -> None:
 
 
 def test_python_dash_m_bench_help() -> None:
-    done = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "usage: python -m bench" in done.stdout
 
@@ -65,27 +69,77 @@ def test_unknown_dataset(cli) -> None:
 
 
 def test_unknown_variant(cli) -> None:
-    assert_user_error(*cli(["run", "--method", "scratch", "--dataset", "ebc1:ternary",
-                            "--profile", "smoke"]), "ebc1.toml", "no variant 'ternary'")
+    assert_user_error(
+        *cli(["run", "--method", "scratch", "--dataset", "ebc1:ternary", "--profile", "smoke"]),
+        "ebc1.toml",
+        "no variant 'ternary'",
+    )
 
 
 def test_missing_data_root(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = tmp_path / "missing"
-    assert_user_error(*cli(["run", "--method", "scratch", "--dataset", "metaldam",
-                            "--profile", "smoke", "--data-root", missing]),
-                      str(missing / "metaldam"), "bench data fetch metaldam", "BENCH_DATA_ROOT")
+    assert_user_error(
+        *cli(
+            [
+                "run",
+                "--method",
+                "scratch",
+                "--dataset",
+                "metaldam",
+                "--profile",
+                "smoke",
+                "--data-root",
+                missing,
+            ]
+        ),
+        str(missing / "metaldam"),
+        "bench data fetch metaldam",
+        "BENCH_DATA_ROOT",
+    )
     monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "from-env"))
     argv = ["run", "--method", "scratch", "--dataset", "ebc1", "--profile", "smoke"]
     assert_user_error(*cli(argv), str(tmp_path / "from-env" / "nasa_micronet" / "EBC"))
 
 
 def test_bad_shots(cli, shared_data: Path) -> None:
-    assert_user_error(*cli(["run", "--method", "scratch", "--dataset", "ebc2", "--profile", "smoke",
-                            "--shots", "8", "--data-root", shared_data]),
-                      "--shots 8", "4 images", "--shots all")
-    assert_user_error(*cli(["run", "--method", "scratch", "--dataset", "ebc2", "--profile", "smoke",
-                            "--shots", "zero", "--data-root", shared_data]),
-                      "--shots takes positive integers")
+    assert_user_error(
+        *cli(
+            [
+                "run",
+                "--method",
+                "scratch",
+                "--dataset",
+                "ebc2",
+                "--profile",
+                "smoke",
+                "--shots",
+                "8",
+                "--data-root",
+                shared_data,
+            ]
+        ),
+        "--shots 8",
+        "4 images",
+        "--shots all",
+    )
+    assert_user_error(
+        *cli(
+            [
+                "run",
+                "--method",
+                "scratch",
+                "--dataset",
+                "ebc2",
+                "--profile",
+                "smoke",
+                "--shots",
+                "zero",
+                "--data-root",
+                shared_data,
+            ]
+        ),
+        "--shots takes positive integers",
+    )
 
 
 def test_data_list(cli, shared_data: Path, tmp_path: Path) -> None:
@@ -117,9 +171,22 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def test_run_smoke_end_to_end_then_skip_then_force(cli, tmp_store_url: str, one_torch_thread) -> None:
-    argv = ["run", "--method", "scratch", "--dataset", "synthetic", "--shots", "1", "--draws", "2",
-            "--profile", "smoke"]
+def test_run_smoke_end_to_end_then_skip_then_force(
+    cli, tmp_store_url: str, one_torch_thread
+) -> None:
+    argv = [
+        "run",
+        "--method",
+        "scratch",
+        "--dataset",
+        "synthetic",
+        "--shots",
+        "1",
+        "--draws",
+        "2",
+        "--profile",
+        "smoke",
+    ]
     code, out, err = cli(argv)
     assert code == 0, err
     assert "Traceback" not in err
@@ -130,7 +197,9 @@ def test_run_smoke_end_to_end_then_skip_then_force(cli, tmp_store_url: str, one_
     store = ResultStore(tmp_store_url)  # BENCH_STORE points here (conftest)
     first = store.runs()
     assert [(r.status, r.draw, r.method, r.dataset) for r in first] == [
-        ("succeeded", 0, "scratch", "synthetic"), ("succeeded", 1, "scratch", "synthetic")]
+        ("succeeded", 0, "scratch", "synthetic"),
+        ("succeeded", 1, "scratch", "synthetic"),
+    ]
     hashes = {r.config_hash for r in first}
     assert len(hashes) == 2
     assert all(len(r.images) == 1 and r.images[0].startswith("train_") for r in first)
@@ -158,11 +227,23 @@ def test_run_smoke_end_to_end_then_skip_then_force(cli, tmp_store_url: str, one_
         assert sum(r.config_hash == h and r.status == "succeeded" for r in runs) == 1
 
 
-def test_ssl_on_ebc_pretrains_on_its_training_images(cli, shared_data: Path, tmp_store_url: str,
-                                                     one_torch_thread) -> None:
+def test_ssl_on_ebc_pretrains_on_its_training_images(
+    cli, shared_data: Path, tmp_store_url: str, one_torch_thread
+) -> None:
     """EBC has no unlabeled set: an SSL run pretrains on the split's training images only."""
-    code, out, err = cli(["run", "--method", "simclr", "--dataset", "ebc2", "--profile", "smoke",
-                          "--data-root", shared_data])
+    code, out, err = cli(
+        [
+            "run",
+            "--method",
+            "simclr",
+            "--dataset",
+            "ebc2",
+            "--profile",
+            "smoke",
+            "--data-root",
+            shared_data,
+        ]
+    )
     assert code == 0, out + err
     [run] = ResultStore(tmp_store_url).runs(status="succeeded")
     pool = run.config["pretrain"]["pool"]

@@ -1,4 +1,4 @@
-"""The house rules of the import graph: no cycles, no import of a higher layer (see CONTRIBUTING.md)."""
+"""The import graph's house rules: no cycles, no import of a higher layer (see CONTRIBUTING.md)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,11 @@ def test_no_import_cycles() -> None:
 
 def test_no_lower_layer_imports_a_higher_one() -> None:
     bad = upward_imports(import_edges(REPO, PACKAGES))
-    assert not bad, "\n".join(f"{e.importer}:{e.line} imports {e.imported} (layer "
-                              f"{layer_of(e.importer)} → {layer_of(e.imported)})" for e in bad)
+    assert not bad, "\n".join(
+        f"{e.importer}:{e.line} imports {e.imported} (layer "
+        f"{layer_of(e.importer)} → {layer_of(e.imported)})"
+        for e in bad
+    )
 
 
 def test_every_module_has_a_layer() -> None:
@@ -39,4 +42,5 @@ def test_the_checker_sees_a_planted_cycle_and_an_upward_import(tmp_path: Path) -
     edges = import_edges(tmp_path, ["bench"])
     assert cycles(edges) == [["bench.data.cards", "bench.runner"]]
     assert [(e.importer, e.imported) for e in upward_imports(edges)] == [
-        ("bench.data.cards", "bench.runner")]
+        ("bench.data.cards", "bench.runner")
+    ]

@@ -11,36 +11,60 @@ from bench.profiles import PROFILES
 
 
 def add_data_root(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-root", help="prepared data root (default: $BENCH_DATA_ROOT, else datasets/)")
+    parser.add_argument(
+        "--data-root", help="prepared data root (default: $BENCH_DATA_ROOT, else datasets/)"
+    )
 
 
 def add_store(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", help="results store URL (default: $BENCH_STORE, else sqlite:///results/bench.sqlite)")
+    parser.add_argument(
+        "--store",
+        help="results store URL (default: $BENCH_STORE, else sqlite:///results/bench.sqlite)",
+    )
 
 
 def add_worker_env(parser: argparse.ArgumentParser) -> None:
     """Where runs read data, cache, compute and store (a worker's own machine's settings)."""
     add_data_root(parser)
     add_store(parser)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--cache-dir", help="pretraining cache (default: $BENCH_CACHE_DIR, else results/cache)")
-    parser.add_argument("--compile", default="off", choices=list(COMPILE_MODES),
-                        help="torch.compile the pretraining and fine-tuning steps (fine-tuning on CUDA: CUDA "
-                             "graphs); auto: on CUDA for runs long enough to repay the warm-up (default: off)")
+    parser.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)"
+    )
+    parser.add_argument(
+        "--cache-dir", help="pretraining cache (default: $BENCH_CACHE_DIR, else results/cache)"
+    )
+    parser.add_argument(
+        "--compile",
+        default="off",
+        choices=list(COMPILE_MODES),
+        help="torch.compile the pretraining and fine-tuning steps (fine-tuning on CUDA: CUDA "
+        "graphs); auto: on CUDA for runs long enough to repay the warm-up (default: off)",
+    )
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """Options of anything that executes runs (run, sweep, tune): the run environment plus what a
     run is (profile, init, split, seed, parameters, fine-tuning overrides)."""
     add_worker_env(parser)
-    parser.add_argument("--profile", default="quick", choices=list(PROFILES),
-                        help="run size (default: quick)")
-    parser.add_argument("--init", choices=list(INITS),
-                        help="encoder initialisation before pretraining (default: the profile's; baselines fix theirs)")
-    parser.add_argument("--split", help="dataset split, e.g. fold0..fold5 for metaldam (default: the card's)")
+    parser.add_argument(
+        "--profile", default="quick", choices=list(PROFILES), help="run size (default: quick)"
+    )
+    parser.add_argument(
+        "--init",
+        choices=list(INITS),
+        help="encoder initialisation before pretraining (default: the profile's; baselines fix it)",
+    )
+    parser.add_argument(
+        "--split", help="dataset split, e.g. fold0..fold5 for metaldam (default: the card's)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
-    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="method hyperparameter override, repeatable (see `bench methods -v`)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method hyperparameter override, repeatable (see `bench methods -v`)",
+    )
     parser.add_argument("--arch", choices=list(ARCHS), help="segmentation architecture")
     parser.add_argument("--encoder", choices=list(ENCODERS), help="encoder")
     parser.add_argument("--steps", type=int, help="fine-tuning optimizer steps")
@@ -53,10 +77,13 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def add_params_source(parser: argparse.ArgumentParser) -> None:
     """``--params best|FILE``: start from the parameters ``bench tune`` saved."""
-    parser.add_argument("--params", metavar="best|FILE",
-                        help="start from tuned parameters: 'best' = the `bench tune` result for the "
-                             "method, dataset and profile (methods without a search space keep their "
-                             "defaults), or a JSON file written by `bench tune`; --param values override them")
+    parser.add_argument(
+        "--params",
+        metavar="best|FILE",
+        help="start from tuned parameters: 'best' = the `bench tune` result for the "
+        "method, dataset and profile (methods without a search space keep their "
+        "defaults), or a JSON file written by `bench tune`; --param values override them",
+    )
 
 
 def finetune_overrides(args: argparse.Namespace) -> dict[str, object]:

@@ -27,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def list_main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from bench.data.cards import available_cards, load_card
     from bench.core.console import console
+    from bench.data.cards import available_cards, load_card
     from bench.data.sources import resolve_data_root, source_for
 
     root = resolve_data_root(args.data_root)
@@ -38,27 +38,35 @@ def list_main(args: argparse.Namespace) -> int:
     for name in available_cards():
         card = load_card(name)
         present = source_for(card, root).presence()
-        table.add_row(name, card.title, ", ".join(card.class_names), ", ".join(card.splits) or "–",
-                      ", ".join(card.raw.get("variants", {})) or "–", present)
+        table.add_row(
+            name,
+            card.title,
+            ", ".join(card.class_names),
+            ", ".join(card.splits) or "–",
+            ", ".join(card.raw.get("variants", {})) or "–",
+            present,
+        )
     console.print(table)
     return 0
 
 
 def fetch_main(args: argparse.Namespace) -> int:
-    from bench.data.cards import load_card
     from bench.core.console import console
-    from bench.data.sources import resolve_data_root
+    from bench.data.cards import load_card
     from bench.data.fetch import fetch_dataset
+    from bench.data.sources import resolve_data_root
 
-    target = fetch_dataset(load_card(args.name), resolve_data_root(args.data_root), base_url=args.base_url)
+    target = fetch_dataset(
+        load_card(args.name), resolve_data_root(args.data_root), base_url=args.base_url
+    )
     console.print(f"[green]fetched[/] {args.name} into {target}")
     return 0
 
 
 def check_main(args: argparse.Namespace) -> int:
+    from bench.core.console import console
     from bench.data.cards import load_card
     from bench.data.check import check_dataset
-    from bench.core.console import console
     from bench.data.sources import resolve_data_root
 
     problems = check_dataset(load_card(args.name), resolve_data_root(args.data_root))

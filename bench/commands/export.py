@@ -17,11 +17,17 @@ from bench.core.errors import BenchError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="save a pretrained encoder (safetensors + model card JSON)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "export",
+        help="save a pretrained encoder (safetensors + model card JSON)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--method", required=True, help="an SSL method (see `bench methods`)")
     p.add_argument("--dataset", default="metaldam", help="dataset whose unlabeled pool is used")
-    p.add_argument("--shots", default="1", help="for methods that use labels (pscl): shots of the draw")
+    p.add_argument(
+        "--shots", default="1", help="for methods that use labels (pscl): shots of the draw"
+    )
     p.add_argument("--draw", type=int, default=0, help="for methods that use labels: the draw id")
     p.add_argument("--out", required=True, help="output folder")
     add_run_options(p)
@@ -30,15 +36,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from bench.core.console import console
-    from bench.ssl.engine import CARD_FILE, ENCODER_FILE, pretrain_encoder
     from bench.runner import RunSpec, make_env, prepare
     from bench.ssl.base import SSLMethod
+    from bench.ssl.engine import CARD_FILE, ENCODER_FILE, pretrain_encoder
 
-    env = make_env(args.data_root, None, args.device, args.cache_dir, compile=args.compile,
-                   with_store=False)
-    spec = RunSpec(method=args.method, dataset=args.dataset, split=args.split, shots=args.shots,
-                   draw=args.draw, profile=args.profile, init=args.init, seed=args.seed,
-                   params=parse_params(args.param), finetune=finetune_overrides(args))
+    env = make_env(
+        args.data_root, None, args.device, args.cache_dir, compile=args.compile, with_store=False
+    )
+    spec = RunSpec(
+        method=args.method,
+        dataset=args.dataset,
+        split=args.split,
+        shots=args.shots,
+        draw=args.draw,
+        profile=args.profile,
+        init=args.init,
+        seed=args.seed,
+        params=parse_params(args.param),
+        finetune=finetune_overrides(args),
+    )
     run = prepare(spec, env)
     if not isinstance(run.method, SSLMethod):
         raise BenchError(f"'{args.method}' has no pretraining to export; choose an SSL method")
@@ -48,6 +64,8 @@ def main(args: argparse.Namespace) -> int:
     shutil.copyfile(result.folder / ENCODER_FILE, out / ENCODER_FILE)
     shutil.copyfile(result.folder / CARD_FILE, out / CARD_FILE)
     card = json.loads((out / CARD_FILE).read_text())
-    console.print(f"exported {args.method} ({run.cfg.encoder}, hash {card['hash']}) to "
-                  f"{out / ENCODER_FILE} with {out / CARD_FILE}")
+    console.print(
+        f"exported {args.method} ({run.cfg.encoder}, hash {card['hash']}) to "
+        f"{out / ENCODER_FILE} with {out / CARD_FILE}"
+    )
     return 0

@@ -1,4 +1,4 @@
-"""``bench leaderboard``: methods × shots tables with statistics, written as Markdown, CSV and LaTeX.
+"""``bench leaderboard``: methods × shots tables with statistics, as Markdown, CSV and LaTeX.
 
 With no succeeded runs matching the filters it prints an error and exits with status 2.
 """
@@ -12,30 +12,45 @@ from bench.commands._common import add_store
 
 
 def add_filters(parser: argparse.ArgumentParser) -> None:
-    """--store, --dataset and --profile: which runs to read (shared by leaderboard, plot, report)."""
+    """--store, --dataset and --profile: which runs to read (leaderboard, plot, report)."""
     add_store(parser)
-    parser.add_argument("--dataset",
-                        help="only this dataset (full name, e.g. metaldam or ebc1:binary)")
-    parser.add_argument("--profile",
-                        help="only runs of this profile (default: every profile, each apart)")
+    parser.add_argument(
+        "--dataset", help="only this dataset (full name, e.g. metaldam or ebc1:binary)"
+    )
+    parser.add_argument(
+        "--profile", help="only runs of this profile (default: every profile, each apart)"
+    )
 
 
 def add_table_options(parser: argparse.ArgumentParser) -> None:
     """--protocol, --baseline and --reported (shared by leaderboard and report)."""
-    parser.add_argument("--protocol", help="only this protocol: honest, matssl-paper, "
-                        "pscl-paper... (default: every stored protocol)")
-    parser.add_argument("--baseline", help="method (or row label) the others are compared with "
-                        "(default: imagenet, else scratch)")
-    parser.add_argument("--reported", type=Path, help="numbers from the literature "
-                        "(default: results/reported.csv in the project)")
+    parser.add_argument(
+        "--protocol",
+        help="only this protocol: honest, matssl-paper, "
+        "pscl-paper... (default: every stored protocol)",
+    )
+    parser.add_argument(
+        "--baseline",
+        help="method (or row label) the others are compared with (default: imagenet, else scratch)",
+    )
+    parser.add_argument(
+        "--reported",
+        type=Path,
+        help="numbers from the literature (default: results/reported.csv in the project)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("leaderboard", help="tables of results with statistics (md, csv, tex + terminal)",
-                       description=__doc__)
+    p = sub.add_parser(
+        "leaderboard",
+        help="tables of results with statistics (md, csv, tex + terminal)",
+        description=__doc__,
+    )
     add_filters(p)
     add_table_options(p)
-    p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results/)")
+    p.add_argument(
+        "--out", type=Path, default=Path("results"), help="output folder (default: results/)"
+    )
     p.set_defaults(func=main)
 
 

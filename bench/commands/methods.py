@@ -8,7 +8,9 @@ import dataclasses
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("methods", help="list the registered methods", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true", help="also show each method's parameters")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="also show each method's parameters"
+    )
     p.set_defaults(func=main)
 
 
@@ -28,8 +30,13 @@ def main(args: argparse.Namespace) -> int:
     for cls in sorted(all_methods(), key=lambda c: order.get(c.kind, 2)):
         row = [cls.name, cls.kind, cls.description]
         if args.verbose:
-            row.append(", ".join(f"{f.name}={getattr(cls.Params(), f.name)}"
-                                 for f in dataclasses.fields(cls.Params)) or "–")
+            row.append(
+                ", ".join(
+                    f"{f.name}={getattr(cls.Params(), f.name)}"
+                    for f in dataclasses.fields(cls.Params)
+                )
+                or "–"
+            )
         table.add_row(*row)
     console.print(table)
     return 0

@@ -14,20 +14,42 @@ from bench.core.errors import BenchError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("perf", help="benchmark engine speed on this device (SSL engine vs seed loop "
-                                    "vs ResNet-50 ceiling; fine-tuning steps/s) and write JSON",
-                       description=__doc__)
+    p = sub.add_parser(
+        "perf",
+        help="benchmark engine speed on this device (SSL engine vs seed loop "
+        "vs ResNet-50 ceiling; fine-tuning steps/s) and write JSON",
+        description=__doc__,
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--profile", default=None, choices=["smoke", "standard"],
-                   help="sizes: smoke (small CPU run) or standard (GPU-sized); "
-                        "default: standard on CUDA, smoke on CPU")
-    p.add_argument("--methods", default="all",
-                   help="SSL methods to time: 'all' or a comma list, e.g. simclr,matssl (default: all)")
-    p.add_argument("--dataset", default="metaldam", help="dataset card with an unlabeled pool (default: metaldam)")
-    p.add_argument("--compile", default="auto", choices=list(COMPILE_MODES),
-                   help="engine step compile mode, as `bench run --compile` (default: auto)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: 1 for smoke, torch's default for standard)")
+    p.add_argument(
+        "--profile",
+        default=None,
+        choices=["smoke", "standard"],
+        help="sizes: smoke (small CPU run) or standard (GPU-sized); "
+        "default: standard on CUDA, smoke on CPU",
+    )
+    p.add_argument(
+        "--methods",
+        default="all",
+        help="SSL methods to time: 'all' or a comma list, e.g. simclr,matssl (default: all)",
+    )
+    p.add_argument(
+        "--dataset",
+        default="metaldam",
+        help="dataset card with an unlabeled pool (default: metaldam)",
+    )
+    p.add_argument(
+        "--compile",
+        default="auto",
+        choices=list(COMPILE_MODES),
+        help="engine step compile mode, as `bench run --compile` (default: auto)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: 1 for smoke, torch's default for standard)",
+    )
     p.add_argument("--out", default="results/perf", help="output folder (default: results/perf)")
     add_data_root(p)
     p.set_defaults(func=main)
@@ -37,11 +59,11 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from bench.core.console import console, err_console
+    from bench.core.devices import resolve_device
     from bench.data.sources import resolve_data_root
     from bench.perf.record import write_record
     from bench.perf.run import PerfOptions, run_perf
     from bench.perf.table import render_table
-    from bench.core.devices import resolve_device
 
     device = resolve_device(args.device)
     profile = args.profile or ("standard" if device.type == "cuda" else "smoke")
@@ -49,25 +71,40 @@ def main(args: argparse.Namespace) -> int:
         raise BenchError("--threads must be ≥ 1")
     threads = args.threads or (1 if profile == "smoke" else None)
     if profile == "standard" and device.type == "cpu":
-        err_console.print("[yellow]warning:[/] --profile standard is GPU-sized (ResNet-50, batch 128 "
-                          "at 224²); on a CPU it takes hours — use --profile smoke")
-    methods = None if args.methods.strip() == "all" else \
-        [m.strip() for m in args.methods.split(",") if m.strip()]
+        err_console.print(
+            "[yellow]warning:[/] --profile standard is GPU-sized (ResNet-50, batch 128 "
+            "at 224²); on a CPU it takes hours — use --profile smoke"
+        )
+    methods = (
+        None
+        if args.methods.strip() == "all"
+        else [m.strip() for m in args.methods.split(",") if m.strip()]
+    )
     if methods is not None and not methods:
         raise BenchError("--methods: give 'all' or a comma list of SSL method names")
     command = f"python -m bench perf --device {args.device} --profile {profile}"
     if args.methods != "all":
         command += f" --methods {args.methods}"
-    for flag, value, default in (("--dataset", args.dataset, "metaldam"),
-                                 ("--compile", args.compile, "auto"),
-                                 ("--threads", args.threads, None),
-                                 ("--out", args.out, "results/perf"),
-                                 ("--data-root", args.data_root, None)):
+    for flag, value, default in (
+        ("--dataset", args.dataset, "metaldam"),
+        ("--compile", args.compile, "auto"),
+        ("--threads", args.threads, None),
+        ("--out", args.out, "results/perf"),
+        ("--data-root", args.data_root, None),
+    ):
         if value != default:
             command += f" {flag} {value}"
-    opts = PerfOptions(device=device, profile=profile, data_root=resolve_data_root(args.data_root),
-                       methods=methods, compile=args.compile, threads=threads, dataset=args.dataset,
-                       command=command, log=lambda msg: err_console.print(f"[dim]perf:[/] {msg}"))
+    opts = PerfOptions(
+        device=device,
+        profile=profile,
+        data_root=resolve_data_root(args.data_root),
+        methods=methods,
+        compile=args.compile,
+        threads=threads,
+        dataset=args.dataset,
+        command=command,
+        log=lambda msg: err_console.print(f"[dim]perf:[/] {msg}"),
+    )
     record = run_perf(opts)
     path = write_record(record, Path(args.out))
     console.print(render_table(record))

@@ -17,8 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="figures of the results (PNG + SVG)", description=__doc__)
     add_filters(p)
     add_data_root(p)
-    p.add_argument("--out", type=Path, default=Path("results/plots"),
-                   help="output folder (default: results/plots)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/plots"),
+        help="output folder (default: results/plots)",
+    )
     p.set_defaults(func=main)
 
 

@@ -14,12 +14,18 @@ from bench.commands.leaderboard import add_filters, add_table_options, filters_t
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="a self-contained HTML report of the results", description=__doc__)
+    p = sub.add_parser(
+        "report", help="a self-contained HTML report of the results", description=__doc__
+    )
     add_filters(p)
     add_table_options(p)
     add_data_root(p)
-    p.add_argument("--out", type=Path, default=Path("results/report.html"),
-                   help="output file (default: results/report.html)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/report.html"),
+        help="output file (default: results/report.html)",
+    )
     p.set_defaults(func=main)
 
 

@@ -4,17 +4,35 @@ from __future__ import annotations
 
 import argparse
 
-from bench.commands._common import add_params_source, add_run_options, finetune_overrides, parse_params
+from bench.commands._common import (
+    add_params_source,
+    add_run_options,
+    finetune_overrides,
+    parse_params,
+)
 from bench.core.console import console
 from bench.core.errors import BenchError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="one method on one dataset: pretrain, fine-tune with N shots, evaluate, store",
-                       description=__doc__)
-    p.add_argument("--method", default="matssl", help="method name (see `bench methods`; default: matssl)")
-    p.add_argument("--dataset", default="metaldam", help="dataset card, e.g. metaldam, ebc1, ebc1:binary (default: metaldam)")
-    p.add_argument("--shots", default="1", help="labeled images: a number, a comma list (1,2,4) or 'all' (default: 1)")
+    p = sub.add_parser(
+        "run",
+        help="one method on one dataset: pretrain, fine-tune with N shots, evaluate, store",
+        description=__doc__,
+    )
+    p.add_argument(
+        "--method", default="matssl", help="method name (see `bench methods`; default: matssl)"
+    )
+    p.add_argument(
+        "--dataset",
+        default="metaldam",
+        help="dataset card, e.g. metaldam, ebc1, ebc1:binary (default: metaldam)",
+    )
+    p.add_argument(
+        "--shots",
+        default="1",
+        help="labeled images: a number, a comma list (1,2,4) or 'all' (default: 1)",
+    )
     p.add_argument("--draws", type=int, default=1, help="seeded draws of the shots (default: 1)")
     p.add_argument("--force", action="store_true", help="redo runs whose config already succeeded")
     add_run_options(p)
@@ -24,32 +42,46 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from bench.finetune.train import TrainingDiverged
-    from bench.ssl.engine import PretrainFailed
     from bench.reporting.runs import print_outcomes
     from bench.runner import RunOutcome, RunSpec, make_env, run_one
+    from bench.ssl.engine import PretrainFailed
     from bench.sweeps.tune import resolve_params
 
     if args.draws < 1:
         raise BenchError("--draws must be ≥ 1")
-    env = make_env(args.data_root, args.store, args.device, args.cache_dir, args.force, args.compile)
-    params = resolve_params(args.method, args.dataset, args.profile, parse_params(args.param),
-                            args.params, args.store)
+    env = make_env(
+        args.data_root, args.store, args.device, args.cache_dir, args.force, args.compile
+    )
+    params = resolve_params(
+        args.method, args.dataset, args.profile, parse_params(args.param), args.params, args.store
+    )
     overrides = finetune_overrides(args)
     outcomes = []
     try:
         for shots in [s.strip() for s in args.shots.split(",") if s.strip()]:
             for draw in range(args.draws):
-                spec = RunSpec(method=args.method, dataset=args.dataset, split=args.split, shots=shots,
-                               draw=draw, profile=args.profile, init=args.init, seed=args.seed,
-                               params=params, finetune=overrides)
+                spec = RunSpec(
+                    method=args.method,
+                    dataset=args.dataset,
+                    split=args.split,
+                    shots=shots,
+                    draw=draw,
+                    profile=args.profile,
+                    init=args.init,
+                    seed=args.seed,
+                    params=params,
+                    finetune=overrides,
+                )
                 try:
                     outcome = run_one(spec, env)
                 except (TrainingDiverged, PretrainFailed) as exc:
                     console.print(f"[red]failed[/] {args.method} {shots}-shot draw {draw}: {exc}")
                     outcome = RunOutcome(spec, "failed", "", None, {}, str(exc))
                 if outcome.status == "skipped":
-                    console.print(f"[dim]skipped {args.method} {shots}-shot draw {draw}: already in the "
-                                  f"store (run {outcome.run_id}); --force to redo[/]")
+                    console.print(
+                        f"[dim]skipped {args.method} {shots}-shot draw {draw}: already in the "
+                        f"store (run {outcome.run_id}); --force to redo[/]"
+                    )
                 outcomes.append(outcome)
     finally:
         print_outcomes(outcomes)

@@ -15,11 +15,16 @@ from bench.commands.worker import add_study_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="progress of a sweep or tuning study (done/running/failed/waiting)",
-                       description=__doc__)
+    p = sub.add_parser(
+        "status",
+        help="progress of a sweep or tuning study (done/running/failed/waiting)",
+        description=__doc__,
+    )
     add_study_options(p, heartbeat=False)
     add_store(p)
-    p.add_argument("--watch", action="store_true", help="refresh every few seconds until it is finished")
+    p.add_argument(
+        "--watch", action="store_true", help="refresh every few seconds until it is finished"
+    )
     p.set_defaults(func=main)
 
 
@@ -28,8 +33,14 @@ def main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from bench.core.console import console
-    from bench.sweeps.studies import (count_study, default_storage_url, load_study, open_storage,
-                               status_renderable, study_names)
+    from bench.sweeps.studies import (
+        count_study,
+        default_storage_url,
+        load_study,
+        open_storage,
+        status_renderable,
+        study_names,
+    )
 
     opened = open_storage(args.storage or default_storage_url(args.store), must_exist=True)
     if not args.name:
@@ -42,8 +53,11 @@ def main(args: argparse.Namespace) -> int:
             table.add_column(col, justify="left" if col in ("study", "kind") else "right")
         for name in names:
             c = count_study(load_study(opened, name))
-            table.add_row(name, c.kind, *(str(v) for v in (c.done, c.running, c.waiting, c.failed,
-                                                           c.pruned, c.total)))
+            table.add_row(
+                name,
+                c.kind,
+                *(str(v) for v in (c.done, c.running, c.waiting, c.failed, c.pruned, c.total)),
+            )
         console.print(table)
         return 0
     study = load_study(opened, args.name)
@@ -51,8 +65,9 @@ def main(args: argparse.Namespace) -> int:
     if not args.watch or counts.finished:
         console.print(status_renderable(args.name, counts, opened.shown))
         return 0
-    with Live(status_renderable(args.name, counts, opened.shown), console=console,
-              refresh_per_second=1) as live:
+    with Live(
+        status_renderable(args.name, counts, opened.shown), console=console, refresh_per_second=1
+    ) as live:
         while not counts.finished:
             time.sleep(3.0)
             counts = count_study(study)

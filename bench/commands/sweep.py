@@ -1,4 +1,4 @@
-"""``bench sweep``: the whole grid (methods × datasets × shots × draws) as one Optuna study, run by workers.
+"""``bench sweep``: the grid (methods × datasets × shots × draws) as one Optuna study, for workers.
 
 Each grid point becomes an enqueued trial of the study ``--name`` (default ``sweep-<profile>``) in
 ``--storage``; workers take waiting trials and run each with ``run``'s pipeline. Re-running the same
@@ -18,41 +18,79 @@ import shlex
 import time
 from pathlib import Path
 
-from bench.commands._common import add_params_source, add_run_options, finetune_overrides, parse_params
+from bench.commands._common import (
+    add_params_source,
+    add_run_options,
+    finetune_overrides,
+    parse_params,
+)
 from bench.commands.worker import add_study_options, plain_line, plain_warning, worker_options
 from bench.core.errors import BenchError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="the full grid as one Optuna study, run by local, remote or SLURM workers",
-                       description=__doc__)
-    p.add_argument("--methods", default="all", help="comma list of methods, or 'all' (default: all)")
-    p.add_argument("--datasets", default="metaldam", help="comma list of dataset cards (default: metaldam)")
-    p.add_argument("--shots", default="1", help="comma list of shots levels, e.g. 1,2,4,8,all (default: 1)")
+    p = sub.add_parser(
+        "sweep",
+        help="the full grid as one Optuna study, run by local, remote or SLURM workers",
+        description=__doc__,
+    )
+    p.add_argument(
+        "--methods", default="all", help="comma list of methods, or 'all' (default: all)"
+    )
+    p.add_argument(
+        "--datasets", default="metaldam", help="comma list of dataset cards (default: metaldam)"
+    )
+    p.add_argument(
+        "--shots", default="1", help="comma list of shots levels, e.g. 1,2,4,8,all (default: 1)"
+    )
     p.add_argument("--draws", type=int, default=1, help="seeded draws per shots level (default: 1)")
     add_run_options(p)
     add_params_source(p)
     add_study_options(p)
-    p.add_argument("--workers", type=int,
-                   help="worker processes (default: one per GPU × --workers-per-gpu, else 1 in this "
-                        "process); 0: only enqueue")
-    p.add_argument("--workers-per-gpu", type=int, default=1, help="workers sharing each GPU (default: 1)")
-    p.add_argument("--log-dir", help="local workers' logs (default: logs/<name> beside the results store)")
-    p.add_argument("--launcher", choices=["local", "slurm"], default="local",
-                   help="local processes, or a SLURM job array of --workers workers (default: local)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes (default: one per GPU × --workers-per-gpu, else 1 in this "
+        "process); 0: only enqueue",
+    )
+    p.add_argument(
+        "--workers-per-gpu", type=int, default=1, help="workers sharing each GPU (default: 1)"
+    )
+    p.add_argument(
+        "--log-dir", help="local workers' logs (default: logs/<name> beside the results store)"
+    )
+    p.add_argument(
+        "--launcher",
+        choices=["local", "slurm"],
+        default="local",
+        help="local processes, or a SLURM job array of --workers workers (default: local)",
+    )
     slurm = p.add_argument_group("SLURM (with --launcher slurm)")
-    slurm.add_argument("--slurm-time", type=int, default=24 * 60, metavar="MIN",
-                       help="time limit per worker in minutes (default: 1440)")
+    slurm.add_argument(
+        "--slurm-time",
+        type=int,
+        default=24 * 60,
+        metavar="MIN",
+        help="time limit per worker in minutes (default: 1440)",
+    )
     slurm.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per worker (default: 1)")
     slurm.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per worker (default: 8)")
     slurm.add_argument("--slurm-mem-gb", type=float, help="memory per worker in GB")
     slurm.add_argument("--slurm-partition", help="partition")
     slurm.add_argument("--slurm-account", help="account")
     slurm.add_argument("--slurm-qos", help="quality of service")
-    slurm.add_argument("--slurm-setup", action="append", default=[], metavar="LINE",
-                       help="shell line run before each worker, e.g. 'module load cuda' (repeatable)")
-    slurm.add_argument("--slurm-folder", help="submitit folder for scripts and logs "
-                       "(default: slurm/<name> beside the results store)")
+    slurm.add_argument(
+        "--slurm-setup",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="shell line run before each worker, e.g. 'module load cuda' (repeatable)",
+    )
+    slurm.add_argument(
+        "--slurm-folder",
+        help="submitit folder for scripts and logs "
+        "(default: slurm/<name> beside the results store)",
+    )
     p.set_defaults(func=main)
 
 
@@ -60,10 +98,24 @@ def main(args: argparse.Namespace) -> int:
     from bench.core.console import console, err_console
     from bench.core.urls import mask_password
     from bench.results.store import ResultStore, default_store_url
-    from bench.sweeps.studies import (count_study, create_study, default_storage_url, fail_stale,
-                               open_storage, results_dir, status_renderable)
-    from bench.sweeps.sweep import (Grid, enqueue, expand_grid, expand_methods, interrupted_runs_hook,
-                             split_list, split_params)
+    from bench.sweeps.studies import (
+        count_study,
+        create_study,
+        default_storage_url,
+        fail_stale,
+        open_storage,
+        results_dir,
+        status_renderable,
+    )
+    from bench.sweeps.sweep import (
+        Grid,
+        enqueue,
+        expand_grid,
+        expand_methods,
+        interrupted_runs_hook,
+        split_list,
+        split_params,
+    )
     from bench.sweeps.tune import resolve_params
 
     store_url = args.store or default_store_url()
@@ -71,11 +123,23 @@ def main(args: argparse.Namespace) -> int:
     if not datasets:
         raise BenchError("--datasets names no dataset")
     per_method, param_notes = split_params(methods, parse_params(args.param))
-    params = {(m, d): resolve_params(m, d, args.profile, per_method[m], args.params, store_url)
-              for m in methods for d in datasets}
-    grid = Grid(methods=methods, datasets=datasets, shots=split_list(args.shots), draws=args.draws,
-                profile=args.profile, init=args.init, split=args.split, seed=args.seed,
-                params=params, finetune=finetune_overrides(args))
+    params = {
+        (m, d): resolve_params(m, d, args.profile, per_method[m], args.params, store_url)
+        for m in methods
+        for d in datasets
+    }
+    grid = Grid(
+        methods=methods,
+        datasets=datasets,
+        shots=split_list(args.shots),
+        draws=args.draws,
+        profile=args.profile,
+        init=args.init,
+        split=args.split,
+        seed=args.seed,
+        params=params,
+        finetune=finetune_overrides(args),
+    )
     specs, notes = expand_grid(grid, args.data_root)
     for note in param_notes + notes:
         err_console.print(f"[yellow]{note}[/]", highlight=False)
@@ -94,7 +158,9 @@ def main(args: argparse.Namespace) -> int:
     console.print(
         f"sweep '{name}' ({opened.shown}): {len(specs)} grid points — {report.added} enqueued"
         + (f" ({report.retried} failed before, retried)" if report.retried else "")
-        + f", {report.done} done, {report.pending} already waiting or running", highlight=False)
+        + f", {report.done} done, {report.pending} already waiting or running",
+        highlight=False,
+    )
 
     opts = worker_options(args, storage=storage_url, name=name, store=store_url)
     join = shlex.join(["python", "-m", "bench", "worker", *opts.argv(masked=True)])
@@ -107,10 +173,13 @@ def main(args: argparse.Namespace) -> int:
     if args.launcher == "slurm":
         return _slurm(args, opts, results_dir(store_url))
     if args.workers == 0:
-        console.print(f"no local workers (--workers 0). Start workers on any machine with:\n  {join}\n"
-                      f"and follow progress with: python -m bench status --name {name}"
-                      + ("" if args.storage else f" --storage {shlex.quote(mask_password(storage_url))}"),
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"no local workers (--workers 0). Start workers on any machine with:\n  {join}\n"
+            f"and follow progress with: python -m bench status --name {name}"
+            + ("" if args.storage else f" --storage {shlex.quote(mask_password(storage_url))}"),
+            highlight=False,
+            soft_wrap=True,
+        )
         return 0
 
     from bench.sweeps.workers import plan_local_workers, visible_gpus
@@ -120,16 +189,19 @@ def main(args: argparse.Namespace) -> int:
     if len(plan) == 1 and not plan[0].env:
         from bench.sweeps.workers import run_worker
 
-        run_worker(study, opened, opts, log=plain_line, warn=plain_warning,
-                   add_hook=False)  # the hook is in place
+        run_worker(
+            study, opened, opts, log=plain_line, warn=plain_warning, add_hook=False
+        )  # the hook is in place
     else:
         log_dir = Path(args.log_dir) if args.log_dir else results_dir(store_url) / "logs" / name
         _run_local(study, opened.shown, plan, opts, log_dir)
     counts = count_study(study)
     console.print(status_renderable(name, counts, opened.shown))
     if counts.done < counts.total:
-        err_console.print(f"{counts.total - counts.done} grid points not done; re-run the same command "
-                          "to retry them (done ones are skipped)")
+        err_console.print(
+            f"{counts.total - counts.done} grid points not done; re-run the same command "
+            "to retry them (done ones are skipped)"
+        )
         return 1
     return 0
 
@@ -145,12 +217,19 @@ def _run_local(study, shown: str, plan, opts, log_dir: Path) -> None:
     name = opts.name
     procs = start_local_workers(plan, opts, log_dir)
     pinned = [w.env.get("CUDA_VISIBLE_DEVICES") for w in plan]
-    err_console.print(f"{len(procs)} local workers"
-                      + (f" on GPUs {', '.join(p for p in pinned if p)}" if any(pinned) else "")
-                      + f"; logs in {log_dir}", highlight=False)
+    err_console.print(
+        f"{len(procs)} local workers"
+        + (f" on GPUs {', '.join(p for p in pinned if p)}" if any(pinned) else "")
+        + f"; logs in {log_dir}",
+        highlight=False,
+    )
     try:
-        with Live(status_renderable(name, count_study(study), shown), console=err_console,
-                  refresh_per_second=1, transient=True) as live:
+        with Live(
+            status_renderable(name, count_study(study), shown),
+            console=err_console,
+            refresh_per_second=1,
+            transient=True,
+        ) as live:
             while any(proc.poll() is None for proc, _ in procs):
                 time.sleep(2.0)
                 live.update(status_renderable(name, count_study(study), shown))
@@ -160,8 +239,11 @@ def _run_local(study, shown: str, plan, opts, log_dir: Path) -> None:
     for i, (proc, log) in enumerate(procs):
         if proc.returncode:
             tail = log.read_text(errors="replace").splitlines()[-15:]
-            err_console.print(f"[red]worker {i} exited with status {proc.returncode}[/]; end of {log}:\n"
-                              + "\n".join(tail), highlight=False)
+            err_console.print(
+                f"[red]worker {i} exited with status {proc.returncode}[/]; end of {log}:\n"
+                + "\n".join(tail),
+                highlight=False,
+            )
 
 
 def _stop(procs) -> None:
@@ -180,18 +262,29 @@ def _slurm(args: argparse.Namespace, opts, results: Path) -> int:
 
     for what, url in (("study storage", opts.storage), ("results store", opts.store)):
         if url.startswith("sqlite"):
-            err_console.print(f"[yellow]warning:[/] the {what} is SQLite ({url}): workers on other nodes "
-                              "need a shared one: PostgreSQL (postgresql+psycopg://...) or, for the "
-                              "study, journal:///shared/path.log", highlight=False)
+            err_console.print(
+                f"[yellow]warning:[/] the {what} is SQLite ({url}): workers on other nodes "
+                "need a shared one: PostgreSQL (postgresql+psycopg://...) or, for the "
+                "study, journal:///shared/path.log",
+                highlight=False,
+            )
     settings = SlurmSettings(
         folder=Path(args.slurm_folder) if args.slurm_folder else results / "slurm" / opts.name,
         workers=args.workers if args.workers is not None else 1,
-        time_min=args.slurm_time, gpus_per_task=args.slurm_gpus, cpus_per_task=args.slurm_cpus,
-        mem_gb=args.slurm_mem_gb, partition=args.slurm_partition, account=args.slurm_account,
-        qos=args.slurm_qos, setup=tuple(args.slurm_setup), job_name=f"bench-{opts.name}",
+        time_min=args.slurm_time,
+        gpus_per_task=args.slurm_gpus,
+        cpus_per_task=args.slurm_cpus,
+        mem_gb=args.slurm_mem_gb,
+        partition=args.slurm_partition,
+        account=args.slurm_account,
+        qos=args.slurm_qos,
+        setup=tuple(args.slurm_setup),
+        job_name=f"bench-{opts.name}",
     )
     jobs = submit_slurm(settings, opts)
-    console.print(f"submitted {len(jobs)} SLURM workers: job {jobs[0].job_id.split('_')[0]} "
-                  f"(logs in {settings.folder}); follow with: python -m bench status --name {opts.name}",
-                  highlight=False)
+    console.print(
+        f"submitted {len(jobs)} SLURM workers: job {jobs[0].job_id.split('_')[0]} "
+        f"(logs in {settings.folder}); follow with: python -m bench status --name {opts.name}",
+        highlight=False,
+    )
     return 0

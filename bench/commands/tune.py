@@ -18,24 +18,42 @@ from bench.commands.worker import add_study_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tune", help="hyperparameter search (Optuna TPE + median pruning on validation mIoU)",
-                       description=__doc__)
+    p = sub.add_parser(
+        "tune",
+        help="hyperparameter search (Optuna TPE + median pruning on validation mIoU)",
+        description=__doc__,
+    )
     p.add_argument("--method", default="matssl", help="method to tune (default: matssl)")
     p.add_argument("--dataset", default="metaldam", help="dataset card (default: metaldam)")
     p.add_argument("--shots", default="1", help="one shots level (default: 1)")
-    p.add_argument("--draws", type=int, default=2, help="draws per trial; the objective is their mean (default: 2)")
-    p.add_argument("--trials", type=int, default=50, help="finished (complete or pruned) trials to reach (default: 50)")
+    p.add_argument(
+        "--draws",
+        type=int,
+        default=2,
+        help="draws per trial; the objective is their mean (default: 2)",
+    )
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=50,
+        help="finished (complete or pruned) trials to reach (default: 50)",
+    )
     add_run_options(p)
     p._option_string_actions["--store"].help = (
         "results store for the tune runs (default: tune.sqlite beside the main store, "
-        "$BENCH_STORE or results/bench.sqlite, so the leaderboard never sees them)")
-    p._option_string_actions["--param"].help = (
-        "fix a parameter (not searched), repeatable: KEY=VALUE")
+        "$BENCH_STORE or results/bench.sqlite, so the leaderboard never sees them)"
+    )
+    p._option_string_actions[
+        "--param"
+    ].help = "fix a parameter (not searched), repeatable: KEY=VALUE"
     add_study_options(p)
     p.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler (default: random)")
     p.add_argument("--pruner", choices=["median", "none"], default="median", help="default: median")
-    p.add_argument("--tuned-dir", help="where to save the best parameters "
-                   "(default: $BENCH_TUNED_DIR, else tuned/ beside the main results store)")
+    p.add_argument(
+        "--tuned-dir",
+        help="where to save the best parameters "
+        "(default: $BENCH_TUNED_DIR, else tuned/ beside the main results store)",
+    )
     p.set_defaults(func=main)
 
 
@@ -47,14 +65,24 @@ def main(args: argparse.Namespace) -> int:
 
     from bench.core.console import console
     from bench.core.errors import BenchError
-    from bench.data.protocol import parse_shots
-    from bench.ssl.registry import get_method
-    from bench.runner import make_env
-    from bench.results.store import default_store_url
     from bench.core.urls import mask_password
+    from bench.data.protocol import parse_shots
+    from bench.results.store import default_store_url
+    from bench.runner import make_env
+    from bench.ssl.registry import get_method
     from bench.sweeps.studies import default_storage_url, open_storage
-    from bench.sweeps.tune import (TuneTask, default_tune_store, enqueue_defaults, run_tuning, save_best,
-                            search_space, tune_objective, tune_study, tuned_dir, tuned_path)
+    from bench.sweeps.tune import (
+        TuneTask,
+        default_tune_store,
+        enqueue_defaults,
+        run_tuning,
+        save_best,
+        search_space,
+        tune_objective,
+        tune_study,
+        tuned_dir,
+        tuned_path,
+    )
 
     if args.draws < 1 or args.trials < 1:
         raise BenchError("--draws and --trials must be ≥ 1")
@@ -66,18 +94,31 @@ def main(args: argparse.Namespace) -> int:
     fixed = parse_params(args.param)
     method_cls = get_method(args.method)
     space = search_space(method_cls, args.profile, fixed)
-    task = TuneTask(method=args.method, dataset=args.dataset, shots=args.shots, draws=args.draws,
-                    profile=args.profile, init=args.init, split=args.split, seed=args.seed,
-                    params=fixed, finetune=finetune_overrides(args))
-    opened = open_storage(args.storage or default_storage_url(main_store), args.heartbeat, args.grace)
+    task = TuneTask(
+        method=args.method,
+        dataset=args.dataset,
+        shots=args.shots,
+        draws=args.draws,
+        profile=args.profile,
+        init=args.init,
+        split=args.split,
+        seed=args.seed,
+        params=fixed,
+        finetune=finetune_overrides(args),
+    )
+    opened = open_storage(
+        args.storage or default_storage_url(main_store), args.heartbeat, args.grace
+    )
     name = args.name or task.default_name()
     study = tune_study(opened, name, task, args.sampler_seed, args.pruner)
     env = make_env(args.data_root, tune_store, args.device, args.cache_dir, False, args.compile)
     enqueue_defaults(study, method_cls(fixed), space, args.profile)
-    console.print(f"tuning {args.method} on {args.dataset} ({args.shots}-shot, draws: {args.draws}, "
-                  f"{args.profile} profile; {args.trials} trials) over {', '.join(space)}: study "
-                  f"'{name}' in {opened.shown}; tune runs stored in {mask_password(tune_store)}",
-                  highlight=False)
+    console.print(
+        f"tuning {args.method} on {args.dataset} ({args.shots}-shot, draws: {args.draws}, "
+        f"{args.profile} profile; {args.trials} trials) over {', '.join(space)}: study "
+        f"'{name}' in {opened.shown}; tune runs stored in {mask_password(tune_store)}",
+        highlight=False,
+    )
     directory = Path(args.tuned_dir) if args.tuned_dir else tuned_dir(main_store)
     path = tuned_path(args.method, args.dataset, args.profile, directory)
     try:
@@ -87,11 +128,19 @@ def main(args: argparse.Namespace) -> int:
         if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             record = save_best(study, task, path, opened.shown)
     if record is None:
-        raise BenchError(f"no trial of study '{name}' completed: nothing to save (see the errors above)")
-    console.print(f"best: trial {record['trial']} of '{name}', mean validation mIoU "
-                  f"{100 * record['value']:.2f}"
-                  + (f" (the defaults: {100 * record['defaults_value']:.2f})"
-                     if record["defaults_value"] is not None else ""), highlight=False)
+        raise BenchError(
+            f"no trial of study '{name}' completed: nothing to save (see the errors above)"
+        )
+    console.print(
+        f"best: trial {record['trial']} of '{name}', mean validation mIoU "
+        f"{100 * record['value']:.2f}"
+        + (
+            f" (the defaults: {100 * record['defaults_value']:.2f})"
+            if record["defaults_value"] is not None
+            else ""
+        ),
+        highlight=False,
+    )
     table = Table()
     table.add_column("parameter")
     table.add_column("value", justify="right")
@@ -99,6 +148,10 @@ def main(args: argparse.Namespace) -> int:
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     console.print(table)
     shown = opened.url if opened.url == mask_password(opened.url) else "<storage URL>"
-    console.print(f"trials: {record['trials']}; saved to {path}. Use it with --params best; browse "
-                  f"the study with: optuna-dashboard {shown}", highlight=False, soft_wrap=True)
+    console.print(
+        f"trials: {record['trials']}; saved to {path}. Use it with --params best; browse "
+        f"the study with: optuna-dashboard {shown}",
+        highlight=False,
+        soft_wrap=True,
+    )
     return 0

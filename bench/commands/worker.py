@@ -14,28 +14,47 @@ import argparse
 from bench.commands._common import add_worker_env
 
 
-def add_study_options(parser: argparse.ArgumentParser, name_required: bool = False,
-                      heartbeat: bool = True) -> None:
-    """``--storage``, ``--name`` and the heartbeat settings (shared by sweep, worker, status, tune)."""
-    parser.add_argument("--storage", help="Optuna storage URL: sqlite:///..., postgresql+psycopg://..., "
-                        "journal:///shared/file.log (default: $BENCH_OPTUNA_STORAGE, else optuna.sqlite "
-                        "beside a SQLite results store, else the results store's database)")
+def add_study_options(
+    parser: argparse.ArgumentParser, name_required: bool = False, heartbeat: bool = True
+) -> None:
+    """``--storage``, ``--name`` and the heartbeat settings (sweep, worker, status, tune)."""
+    parser.add_argument(
+        "--storage",
+        help="Optuna storage URL: sqlite:///..., postgresql+psycopg://..., "
+        "journal:///shared/file.log (default: $BENCH_OPTUNA_STORAGE, else optuna.sqlite "
+        "beside a SQLite results store, else the results store's database)",
+    )
     parser.add_argument("--name", required=name_required, help="study name")
     if heartbeat:
-        parser.add_argument("--heartbeat", type=int, default=60, metavar="S",
-                            help="seconds between a running trial's heartbeats (default: 60)")
-        parser.add_argument("--grace", type=int, metavar="S",
-                            help="a running trial without heartbeat for this long is failed and retried "
-                                 "(default: 2 × heartbeat)")
+        parser.add_argument(
+            "--heartbeat",
+            type=int,
+            default=60,
+            metavar="S",
+            help="seconds between a running trial's heartbeats (default: 60)",
+        )
+        parser.add_argument(
+            "--grace",
+            type=int,
+            metavar="S",
+            help="a running trial without heartbeat for this long is failed and retried "
+            "(default: 2 × heartbeat)",
+        )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("worker", help="join a sweep: run its waiting grid points (any machine)",
-                       description=__doc__)
+    p = sub.add_parser(
+        "worker",
+        help="join a sweep: run its waiting grid points (any machine)",
+        description=__doc__,
+    )
     add_study_options(p, name_required=True)
     add_worker_env(p)
-    p.add_argument("--no-wait", action="store_true",
-                   help="exit as soon as nothing is waiting (default: also wait for trials running elsewhere)")
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="exit as soon as nothing is waiting (default: also wait for trials running elsewhere)",
+    )
     p.add_argument("--max-trials", type=int, help="stop after this many trials")
     p.set_defaults(func=main)
 
@@ -54,11 +73,19 @@ def worker_options(args: argparse.Namespace, **changes: object):
     from bench.sweeps.workers import WorkerOptions
 
     store = args.store or default_store_url()
-    values = dict(storage=args.storage or default_storage_url(store), name=args.name, store=store,
-                  data_root=args.data_root, cache_dir=args.cache_dir, device=args.device,
-                  compile=args.compile, heartbeat=args.heartbeat, grace=args.grace,
-                  wait=not getattr(args, "no_wait", False),
-                  max_trials=getattr(args, "max_trials", None))
+    values = {
+        "storage": args.storage or default_storage_url(store),
+        "name": args.name,
+        "store": store,
+        "data_root": args.data_root,
+        "cache_dir": args.cache_dir,
+        "device": args.device,
+        "compile": args.compile,
+        "heartbeat": args.heartbeat,
+        "grace": args.grace,
+        "wait": not getattr(args, "no_wait", False),
+        "max_trials": getattr(args, "max_trials", None),
+    }
     return WorkerOptions(**{**values, **changes})
 
 

@@ -15,6 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+
 def _width() -> int | None:
     """Rich assumes 80 columns when output is not a terminal; tables need more than that."""
     return None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 140

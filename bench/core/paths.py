@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-"""The folder holding ``bench/``, ``methods/`` and ``datasets/`` (the checkout, or site-packages)."""
+"""The folder holding ``bench/``, ``methods/`` and ``datasets/`` (checkout or site-packages)."""
 CACHE_ENV = "BENCH_CACHE_DIR"
 
 

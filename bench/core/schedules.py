@@ -9,7 +9,7 @@ SCHEDULES = ("cosine", "constant")
 
 
 def warmup_then(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """Linear warmup over ``warmup_steps``, then cosine decay to 0 at ``total_steps`` (or constant)."""
+    """Linear warmup over ``warmup_steps``, then cosine to 0 at ``total_steps`` (or constant)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 

@@ -7,7 +7,8 @@ A new image+mask dataset needs a card only. The schema (see ``datasets/metaldam.
 - ``[classes]``: ``ids``, ``names``, ``colors`` (RGB triples), ``background`` (id excluded from
   foreground means).
 - ``[layout]``: ``images`` and ``masks`` path templates with ``{stem}``, ``crop_image_to_mask``
-  (crop the image's bottom rows to the mask height), ``mask_channel`` (channel of a multi-channel mask).
+  (crop the image's bottom rows to the mask height), ``mask_channel`` (channel of a multi-channel
+  mask).
 - ``[splits.<name>]``: ``train``, ``test`` list files, and either ``val`` (list file) or
   ``val_holdout`` (a fixed number of train images held out for validation); ``[splits] default``.
 - ``[unlabeled]``: the SSL pool: an ``images`` glob, or ``from_split = "train"`` (the split's
@@ -170,7 +171,8 @@ def load_card(name: str, cards_dir: Path = CARDS_DIR) -> DatasetCard:
     path = cards_dir / f"{base}.toml"
     if not path.is_file():
         raise BenchError(
-            f"unknown dataset '{base}': no card {path}; known: {', '.join(available_cards(cards_dir))}"
+            f"unknown dataset '{base}': no card {path}; "
+            f"known: {', '.join(available_cards(cards_dir))}"
         )
     return parse_card(path, variant or None)
 
@@ -201,9 +203,7 @@ def _build_card(raw: dict[str, Any], path: Path, variant: str | None) -> Dataset
     if variant is not None:
         variants = raw.get("variants", {})
         if variant not in variants:
-            raise ValueError(
-                f"no variant '{variant}' (variants: {', '.join(variants) or 'none'})"
-            )
+            raise ValueError(f"no variant '{variant}' (variants: {', '.join(variants) or 'none'})")
         spec = variants[variant]
         classes_raw = spec.get("classes", classes_raw)
         protocols_raw = dict(spec.get("protocols", protocols_raw))
@@ -283,10 +283,12 @@ def _parse_classes(raw: dict[str, Any]) -> list[ClassInfo]:
             f"classes.ids, classes.names and classes.colors differ in length "
             f"({len(ids)}, {len(names)}, {len(colors)})"
         )
+    triples = []
     for color in colors:
         if len(color) != 3 or not all(0 <= v <= 255 for v in color):
             raise ValueError(f"class colour {color} is not an RGB triple in 0..255")
-    return [ClassInfo(int(i), str(n), c) for i, n, c in zip(ids, names, colors)]  # type: ignore[arg-type]
+        triples.append((color[0], color[1], color[2]))
+    return [ClassInfo(int(i), str(n), c) for i, n, c in zip(ids, names, triples, strict=True)]
 
 
 def _parse_split(name: str, raw: dict[str, Any]) -> SplitSpec:
@@ -373,9 +375,16 @@ def _parse_protocol(
 def _parse_unlabeled(unl: dict[str, Any]) -> UnlabeledSpec:
     source = unl.get("from_split")
     if source is not None and source != "train":
-        raise ValueError(f"unlabeled.from_split = {source!r}: only \"train\" is allowed (the "
-                         "training images; validation and test images never enter pretraining)")
+        raise ValueError(
+            f'unlabeled.from_split = {source!r}: only "train" is allowed (the '
+            "training images; validation and test images never enter pretraining)"
+        )
     if (source is None) == ("images" not in unl):
-        raise ValueError("[unlabeled] needs exactly one of images = \"<glob>\" or from_split = \"train\"")
-    return UnlabeledSpec(images=unl.get("images"), crop_bottom=int(unl.get("crop_bottom", 0)),
-                         from_split=source is not None)
+        raise ValueError(
+            '[unlabeled] needs exactly one of images = "<glob>" or from_split = "train"'
+        )
+    return UnlabeledSpec(
+        images=unl.get("images"),
+        crop_bottom=int(unl.get("crop_bottom", 0)),
+        from_split=source is not None,
+    )

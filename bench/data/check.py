@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from bench.core.errors import BenchError
 from bench.data.cards import DatasetCard
 from bench.data.download import sha256_file
-from bench.core.errors import BenchError
 from bench.data.sources import GeneratedSource, source_for
 
 ALPHA_MODES = ("LA", "PA", "RGBA")
@@ -150,8 +150,8 @@ def _check_checksums(card: DatasetCard, root: Path) -> list[str]:
 
 
 def _check_unlabeled(card: DatasetCard, root: Path) -> list[str]:
-    if card.unlabeled is None or card.unlabeled.from_split:
-        return []  # a pool of training images is checked with the labeled images
+    if card.unlabeled is None or card.unlabeled.images is None:
+        return []  # a pool of training images (from_split) is checked with the labeled images
     files = sorted(root.glob(card.unlabeled.images))
     if not files:
         return [f"{root / card.unlabeled.images}: no unlabeled images match this pattern"]

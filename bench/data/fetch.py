@@ -44,10 +44,10 @@ from urllib.parse import quote, unquote, urlsplit
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from bench.core.errors import BenchError
 from bench.data.cards import DatasetCard
 from bench.data.check import check_dataset
 from bench.data.download import download, rebase_url, safe_extract
-from bench.core.errors import BenchError
 
 DOWNLOADS = ".downloads"
 MAX_LISTED_PROBLEMS = 20

@@ -38,7 +38,7 @@ def read_gray(path: Path) -> np.ndarray:
 
 
 def read_mask(path: Path, card: DatasetCard) -> np.ndarray:
-    """A class-id mask; multi-channel masks must have equal channels (the card's channel is used)."""
+    """A class-id mask; multi-channel masks need equal channels (the card's channel is used)."""
     if not path.is_file():
         raise BenchError(f"mask {path} does not exist")
     try:
@@ -66,7 +66,7 @@ def read_mask(path: Path, card: DatasetCard) -> np.ndarray:
 
 
 def _apply_merge(mask: np.ndarray, card: DatasetCard, path: Path) -> np.ndarray:
-    raw_ids = set(int(v) for v in np.unique(mask))
+    raw_ids = {int(v) for v in np.unique(mask)}
     if card.merge:
         lut = np.arange(max(max(raw_ids) + 1, 256), dtype=np.int64)
         for src, dst in card.merge:

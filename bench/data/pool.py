@@ -21,11 +21,11 @@ from bench.data.sources import FileSource, GeneratedSource, source_for
 
 def _require_pool(card: DatasetCard) -> None:
     if card.unlabeled is None and not card.generator:
-        raise BenchError(f"{card.path}: dataset '{card.name}' has no [unlabeled] pool for "
-                         "pretraining; add one to the card (images = \"<glob>\" or "
-                         "from_split = \"train\")")
-
-
+        raise BenchError(
+            f"{card.path}: dataset '{card.name}' has no [unlabeled] pool for "
+            'pretraining; add one to the card (images = "<glob>" or '
+            'from_split = "train")'
+        )
 
 
 def pool_files(card: DatasetCard, data_root: Path, split: str | None = None) -> list[Path]:
@@ -37,8 +37,9 @@ def pool_files(card: DatasetCard, data_root: Path, split: str | None = None) -> 
     return source.unlabeled_files()
 
 
-def load_pool(card: DatasetCard, data_root: Path, limit: int | None = None,
-              split: str | None = None) -> list[np.ndarray]:
+def load_pool(
+    card: DatasetCard, data_root: Path, limit: int | None = None, split: str | None = None
+) -> list[np.ndarray]:
     """The SSL pool's images (uint8 grayscale), instrument band removed."""
     _require_pool(card)
     source = source_for(card, data_root)
@@ -48,8 +49,9 @@ def load_pool(card: DatasetCard, data_root: Path, limit: int | None = None,
     return source.unlabeled_images(limit)
 
 
-def pool_fingerprint(card: DatasetCard, data_root: Path,
-                     split: str | None = None) -> dict[str, object]:
+def pool_fingerprint(
+    card: DatasetCard, data_root: Path, split: str | None = None
+) -> dict[str, object]:
     """Identifies the SSL pool: the card and a digest of its file list (or generator)."""
     source = source_for(card, data_root)
     if isinstance(source, GeneratedSource):

@@ -48,8 +48,9 @@ def partition(card: DatasetCard, data_root: Path, split: str | None = None) -> P
         val = lists.val
         leaked = sorted(set(val) & set(test))
         if leaked:
-            raise BenchError(f"{lists.files['val']}: validation images also in test: "
-                             f"{', '.join(leaked)}")
+            raise BenchError(
+                f"{lists.files['val']}: validation images also in test: {', '.join(leaked)}"
+            )
         pool = [s for s in train if s not in set(val)]
     else:
         holdout = card.split(split).val_holdout

@@ -106,8 +106,11 @@ class FileSource(Source):
     def split_lists(self, split: str) -> SplitLists:
         spec = self.card.split(split)
         folder = self.folder
-        files = {part: folder / name for part, name in
-                 (("train", spec.train), ("val", spec.val), ("test", spec.test)) if name is not None}
+        files = {
+            part: folder / name
+            for part, name in (("train", spec.train), ("val", spec.val), ("test", spec.test))
+            if name is not None
+        }
         train, test = read_list(files["train"]), read_list(files["test"])
         val = read_list(files["val"]) if "val" in files else None
         return SplitLists(train, test, val, {part: str(path) for part, path in files.items()})
@@ -125,8 +128,11 @@ class FileSource(Source):
         for stem in stems:
             image_path, mask_path = self.image_path(stem), self.mask_path(stem)
             image, mask = read_gray(image_path), read_mask(mask_path, self.card)
-            pairs.append(LabeledImage(stem, fit_image_to_mask(image, mask, self.card, image_path,
-                                                              mask_path), mask))
+            pairs.append(
+                LabeledImage(
+                    stem, fit_image_to_mask(image, mask, self.card, image_path, mask_path), mask
+                )
+            )
         return pairs
 
     def unlabeled_files(self) -> list[Path]:
@@ -143,8 +149,10 @@ class FileSource(Source):
 
     def unlabeled_images(self, limit: int | None = None) -> list[np.ndarray]:
         crop = self.card.unlabeled.crop_bottom if self.card.unlabeled else 0
-        return [np.ascontiguousarray(read_gray(f)[: -crop or None])
-                for f in self.unlabeled_files()[:limit]]
+        return [
+            np.ascontiguousarray(read_gray(f)[: -crop or None])
+            for f in self.unlabeled_files()[:limit]
+        ]
 
     def presence(self) -> str:
         return "yes" if (self.data_root / self.card.root).is_dir() else "no"
@@ -157,8 +165,10 @@ class GeneratedSource(Source):
 
     def split_name(self, requested: str | None) -> str:
         if requested and requested != GENERATED_SPLIT:
-            raise BenchError(f"{self.card.path}: the generated dataset '{self.card.name}' has no "
-                             f"splits (only '{GENERATED_SPLIT}')")
+            raise BenchError(
+                f"{self.card.path}: the generated dataset '{self.card.name}' has no "
+                f"splits (only '{GENERATED_SPLIT}')"
+            )
         return GENERATED_SPLIT
 
     def stems(self, part: str) -> list[str]:
@@ -166,8 +176,12 @@ class GeneratedSource(Source):
 
     def split_lists(self, split: str) -> SplitLists:
         where = f"{self.card.path} (generated)"
-        return SplitLists(self.stems("train"), self.stems("test"), self.stems("val"),
-                          dict.fromkeys(self.PARTS, where))
+        return SplitLists(
+            self.stems("train"),
+            self.stems("test"),
+            self.stems("val"),
+            dict.fromkeys(self.PARTS, where),
+        )
 
     def labeled(self, stems: list[str]) -> list[LabeledImage]:
         gen = self.card.generator
@@ -176,8 +190,9 @@ class GeneratedSource(Source):
             part, _, index = stem.partition("_")
             if part not in self.PARTS or not index.isdigit() or int(index) >= int(gen[part]):
                 raise BenchError(f"{self.card.path}: no synthetic image '{stem}'")
-            pairs = _generated_part(part, int(gen[part]), int(gen["size"]), int(gen["seed"]),
-                                    self.card.num_classes)
+            pairs = _generated_part(
+                part, int(gen[part]), int(gen["size"]), int(gen["seed"]), self.card.num_classes
+            )
             image, mask = pairs[int(index)]
             out.append(LabeledImage(stem, image, mask))
         return out
@@ -195,8 +210,9 @@ class GeneratedSource(Source):
 
 
 @lru_cache(maxsize=8)
-def _generated_part(part: str, count: int, size: int, seed: int,
-                    classes: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _generated_part(
+    part: str, count: int, size: int, seed: int, classes: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     offset = GeneratedSource.PARTS.index(part) + 1
     return generate_labeled(count, size, seed * 10 + offset, num_classes=classes)
 

@@ -63,7 +63,7 @@ def generate_unlabeled(count: int, size: int | Shape, seed: int) -> list[np.ndar
 
 
 def _shape(size: int | Shape) -> Shape:
-    h, w = (size, size) if np.ndim(size) == 0 else size
+    h, w = (size, size) if isinstance(size, (int, np.integer)) else size
     if h < 1 or w < 1:
         raise ValueError(f"image size must be positive, got {size}")
     return int(h), int(w)

@@ -13,7 +13,7 @@ from bench.models.segmenter import ARCHS, ENCODERS
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Few-shot fine-tuning. The schedule counts optimizer steps, so 1 and 16 shots train equally long."""
+    """Few-shot fine-tuning; the schedule counts optimizer steps (1 and 16 shots train as long)."""
 
     arch: str = "unetplusplus"
     encoder: str = "resnet50"
@@ -27,7 +27,7 @@ class FinetuneConfig:
     loss: str = "ce+dice"
     eval_every: int = 100
     tile: int = 0
-    """Sliding-window tile for inference (0: the whole image at once, padded to a multiple of 32)."""
+    """Sliding-window tile for inference (0: the whole image, padded to a multiple of 32)."""
 
 
 def with_overrides(cfg: FinetuneConfig, **overrides: object) -> FinetuneConfig:

@@ -16,13 +16,24 @@ from torch import nn
 
 from bench.data.cards import DatasetCard, ProtocolSpec
 from bench.data.images import LabeledImage
-from bench.finetune.metrics import ConfusionMatrix, Summary, merge_classes, protocol_score, summarize
+from bench.finetune.metrics import (
+    ConfusionMatrix,
+    Summary,
+    merge_classes,
+    protocol_score,
+    summarize,
+)
 from bench.models.inputs import normalize_uint8
 
 
 @torch.no_grad()
-def predict(model: nn.Module, image: np.ndarray, device: torch.device, tile: int = 0,
-            size: tuple[int, int] | None = None) -> np.ndarray:
+def predict(
+    model: nn.Module,
+    image: np.ndarray,
+    device: torch.device,
+    tile: int = 0,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Class ids for one grayscale image at native resolution (or resized to ``size``)."""
     x = normalize_uint8(torch.from_numpy(image)[None].to(device))
     if size is not None:
@@ -32,7 +43,7 @@ def predict(model: nn.Module, image: np.ndarray, device: torch.device, tile: int
 
 
 def forward_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's logits for a normalised batch: bf16 autocast + channels_last on CUDA, fp32 out."""
+    """The model's logits for a normalised batch: bf16 + channels_last on CUDA, fp32 out."""
     if x.device.type == "cuda":
         with torch.autocast("cuda", dtype=torch.bfloat16):
             return model(x.contiguous(memory_format=torch.channels_last)).float()
@@ -80,10 +91,15 @@ class ProtocolResult:
     summary: Summary
 
 
-
-def evaluate(model: nn.Module, images: list[LabeledImage], card: DatasetCard,
-             protocols: list[ProtocolSpec], device: torch.device, tile: int,
-             keep: dict[str, np.ndarray] | None = None) -> dict[str, ProtocolResult]:
+def evaluate(
+    model: nn.Module,
+    images: list[LabeledImage],
+    card: DatasetCard,
+    protocols: list[ProtocolSpec],
+    device: torch.device,
+    tile: int,
+    keep: dict[str, np.ndarray] | None = None,
+) -> dict[str, ProtocolResult]:
     """Score every protocol from one confusion matrix per evaluation resolution.
 
     Each matrix is accumulated over the whole image set (not averaged per image); protocols at the
@@ -100,14 +116,17 @@ def evaluate(model: nn.Module, images: list[LabeledImage], card: DatasetCard,
                     keep[item.stem] = pred
                 cm.update(pred, item.mask)
             else:
-                cm.update(predict(model, item.image, device, size=size), resize_mask(item.mask, size))
+                cm.update(
+                    predict(model, item.image, device, size=size), resize_mask(item.mask, size)
+                )
         matrices[size] = cm.matrix
     results = {}
     for spec in protocols:
         cm = matrices[spec.resize]
         merged = merge_classes(cm, spec.merge) if spec.merge else cm
-        results[spec.name] = ProtocolResult(protocol_score(cm, spec, card.background),
-                                            summarize(merged, card.background))
+        results[spec.name] = ProtocolResult(
+            protocol_score(cm, spec, card.background), summarize(merged, card.background)
+        )
     return results
 
 

@@ -2,7 +2,8 @@
 
 A fixed number of optimizer steps on random crops (flips, 90° rotations) of the shots, AdamW with
 warmup + cosine (or constant), CE + Dice loss; bf16 autocast and channels_last on CUDA. Every
-``eval_every`` steps the model predicts the validation and test images (``bench.finetune.inference``).
+``eval_every`` steps the model predicts the validation and test images
+(``bench.finetune.inference``).
 The reported model is the one with the best validation score; the best test score ("oracle") is
 kept beside it, labelled as such.
 """
@@ -105,19 +106,31 @@ class TrainStep:
     """One fine-tuning optimizer step: a batch of crops, forward (bf16 autocast + channels_last on
     CUDA), loss, backward, AdamW (fused on CUDA), schedule.
 
-    Compiled (``bench.core.compile``), the forward and loss go through ``torch.compile``; on CUDA in mode
+    Compiled (``bench.core.compile``), forward and loss run through ``torch.compile``; on CUDA, mode
     ``reduce-overhead``, i.e. CUDA graphs: a few-shot batch is launch-bound, and its shapes are
     fixed by the crop and batch size. Compiled kernels are cached on disk
     (``TORCHINDUCTOR_CACHE_DIR``), so later runs of a sweep worker reuse them.
     """
 
-    def __init__(self, model: nn.Module, sampler: ShotSampler, cfg: FinetuneConfig, num_classes: int,
-                 device: torch.device, compile: str = "off") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        sampler: ShotSampler,
+        cfg: FinetuneConfig,
+        num_classes: int,
+        device: torch.device,
+        compile: str = "off",
+    ) -> None:
         self.model, self.sampler, self.device = model, sampler, device
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                           fused=device.type == "cuda")
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            fused=device.type == "cuda",
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_then(cfg.schedule, cfg.warmup_steps, cfg.steps))
+            self.optimizer, warmup_then(cfg.schedule, cfg.warmup_steps, cfg.steps)
+        )
         loss_fn = make_loss(cfg.loss, num_classes)
 
         def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -125,8 +138,11 @@ class TrainStep:
 
         self.compiled = should_compile(compile, "finetune", cfg.steps, device)
         self.graphs = self.compiled and device.type == "cuda"
-        self.loss_of = (torch.compile(loss_of, mode="reduce-overhead" if self.graphs else None)
-                        if self.compiled else loss_of)
+        self.loss_of = (
+            torch.compile(loss_of, mode="reduce-overhead" if self.graphs else None)
+            if self.compiled
+            else loss_of
+        )
 
     def __call__(self, batch_size: int, step: int) -> float:
         """Train on one batch; the loss. TrainingDiverged when it is not finite."""
@@ -138,7 +154,9 @@ class TrainStep:
         loss = self.loss_of(x, y)
         value = loss.item()
         if not math.isfinite(value):
-            raise TrainingDiverged(f"fine-tuning loss became {value} at step {step}; try a lower --lr")
+            raise TrainingDiverged(
+                f"fine-tuning loss became {value} at step {step}; try a lower --lr"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -3,6 +3,8 @@ comparison shares, and strict loading (a mismatch is an error, never a silent ra
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
@@ -20,7 +22,8 @@ def build_encoder(name: str) -> nn.Module:
 
 def encoder_channels(encoder: nn.Module) -> tuple[int, ...]:
     """Channels of the four ResNet stages of an smp encoder."""
-    return tuple(encoder.out_channels[2:])
+    channels = cast("list[int]", encoder.out_channels)  # smp encoders list every stage's width
+    return tuple(channels[2:])
 
 
 def initial_encoder_state(encoder: str, init: str) -> EncoderState | None:
@@ -35,20 +38,25 @@ def initial_encoder_state(encoder: str, init: str) -> EncoderState | None:
 
 
 def load_strict(module: nn.Module, state: EncoderState, name: str) -> None:
-    """Load weights with strict keys; any missing/unexpected key or shape mismatch is a BenchError."""
+    """Load weights with strict keys; a missing/unexpected key or shape mismatch is a BenchError."""
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         expected, given = set(module.state_dict()), set(state)
         missing, unexpected = sorted(expected - given), sorted(given - expected)
-        detail = "; ".join(
-            part
-            for part in (
-                f"missing {len(missing)} key(s) e.g. {missing[:3]}" if missing else "",
-                f"unexpected {len(unexpected)} key(s) e.g. {unexpected[:3]}" if unexpected else "",
+        detail = (
+            "; ".join(
+                part
+                for part in (
+                    f"missing {len(missing)} key(s) e.g. {missing[:3]}" if missing else "",
+                    f"unexpected {len(unexpected)} key(s) e.g. {unexpected[:3]}"
+                    if unexpected
+                    else "",
+                )
+                if part
             )
-            if part
-        ) or str(exc).splitlines()[0]
+            or str(exc).splitlines()[0]
+        )
         raise BenchError(
             f"weights do not fit a {name} ({detail}); refusing to fall back to random "
             "initialisation"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from bench.data.download import DownloadError, download, rebase_url, sha256_file
 from bench.core.errors import BenchError
+from bench.data.download import DownloadError, download, rebase_url, sha256_file
 
 # IMAGENET1K_V1 checkpoints; the suffix of each name is the start of the file's SHA-256.
 TORCHVISION_WEIGHTS = {

@@ -7,6 +7,7 @@ process has built its model and warmed up.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import queue as queue_mod
 import time
@@ -28,7 +29,8 @@ from bench.perf.sizes import PerfSizes
 
 
 def _fine_tune_process(spec: dict[str, Any], barrier, results) -> None:
-    """One seed-style 1-shot fine-tune in its own process; reports (rank, epochs, seconds, error)."""
+    """One seed-style 1-shot fine-tune in its own process; reports (rank, epochs, seconds, error)
+    to ``results``."""
     rank = spec["rank"]
     try:
         torch.set_num_threads(spec["threads"])
@@ -44,12 +46,19 @@ def _fine_tune_process(spec: dict[str, Any], barrier, results) -> None:
         root = Path(spec["data_root"])
         shot = load_labeled(card, root, [spec["shot"]])[0]
         image, mask = shot.image, shot.mask
-        x = F.interpolate(normalize_uint8(torch.from_numpy(image)[None].to(device)), size=(size, size),
-                          mode="bilinear", align_corners=False)
-        y = F.interpolate(torch.from_numpy(mask)[None, None].float().to(device), size=(size, size),
-                          mode="nearest")[:, 0].long()
-        val = [(v.image, resize_mask(v.mask, (size, size)))
-               for v in load_labeled(card, root, spec["val"])]
+        x = F.interpolate(
+            normalize_uint8(torch.from_numpy(image)[None].to(device)),
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+        )
+        y = F.interpolate(
+            torch.from_numpy(mask)[None, None].float().to(device), size=(size, size), mode="nearest"
+        )[:, 0].long()
+        val = [
+            (v.image, resize_mask(v.mask, (size, size)))
+            for v in load_labeled(card, root, spec["val"])
+        ]
 
         def epoch() -> None:
             model.train()
@@ -76,16 +85,21 @@ def _fine_tune_process(spec: dict[str, Any], barrier, results) -> None:
             if elapsed >= spec["seconds"]:
                 break
         results.put((rank, count, elapsed, None))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
-        try:
+    except BaseException as exc:  # reported to the parent, which decides
+        with contextlib.suppress(Exception):
             barrier.abort()
-        except Exception:  # noqa: BLE001
-            pass
         results.put((rank, 0, 0.0, f"{type(exc).__name__}: {exc}"))
 
 
-def measure_aggregate(card: DatasetCard, data_root: Path, shot: str, val: list[str],
-                      device: torch.device, sizes: PerfSizes, total_threads: int) -> dict[str, Any]:
+def measure_aggregate(
+    card: DatasetCard,
+    data_root: Path,
+    shot: str,
+    val: list[str],
+    device: torch.device,
+    sizes: PerfSizes,
+    total_threads: int,
+) -> dict[str, Any]:
     """Total epochs/s of N concurrent 1-shot fine-tunes, each in its own (spawned) process.
 
     ``shot`` and ``val`` are image stems; every process loads them itself.
@@ -100,11 +114,24 @@ def measure_aggregate(card: DatasetCard, data_root: Path, shot: str, val: list[s
         results = ctx.Queue()
         procs = []
         for rank in range(n):
-            spec = {"rank": rank, "threads": threads, "device": str(device), "size": sizes.agg_size,
-                    "arch": sizes.ft_arch, "encoder": sizes.ft_encoder,
-                    "num_classes": card.num_classes, "dataset": card.full_name,
-                    "data_root": str(data_root), "shot": shot, "val": val, "warmup": sizes.agg_warmup, "seconds": sizes.agg_seconds}
-            proc = ctx.Process(target=_fine_tune_process, args=(spec, barrier, results), daemon=True)
+            spec = {
+                "rank": rank,
+                "threads": threads,
+                "device": str(device),
+                "size": sizes.agg_size,
+                "arch": sizes.ft_arch,
+                "encoder": sizes.ft_encoder,
+                "num_classes": card.num_classes,
+                "dataset": card.full_name,
+                "data_root": str(data_root),
+                "shot": shot,
+                "val": val,
+                "warmup": sizes.agg_warmup,
+                "seconds": sizes.agg_seconds,
+            }
+            proc = ctx.Process(
+                target=_fine_tune_process, args=(spec, barrier, results), daemon=True
+            )
             proc.start()
             procs.append(proc)
         reports, errors = _collect(procs, results, n, timeout=900 + sizes.agg_seconds)
@@ -114,24 +141,34 @@ def measure_aggregate(card: DatasetCard, data_root: Path, shot: str, val: list[s
                 proc.terminate()
         if errors or len(reports) < n:
             per_n[str(n)] = None
-            detail[str(n)] = {"error": "; ".join(errors) or f"only {len(reports)} of {n} "
-                              "processes reported", "threads_per_process": threads}
+            detail[str(n)] = {
+                "error": "; ".join(errors) or f"only {len(reports)} of {n} processes reported",
+                "threads_per_process": threads,
+            }
             continue
         rates = [count / seconds for _, count, seconds, _ in reports]
         per_n[str(n)] = sum(rates)
-        detail[str(n)] = {"per_process_epochs_per_s": rates,
-                          "epochs": [count for _, count, _, _ in reports],
-                          "threads_per_process": threads}
+        detail[str(n)] = {
+            "per_process_epochs_per_s": rates,
+            "epochs": [count for _, count, _, _ in reports],
+            "threads_per_process": threads,
+        }
     return {
         "per_n": per_n,
         "detail": detail,
-        "epoch": (f"one full-batch train step on the 1 shot resized to {sizes.agg_size}² (Dice, "
-                  f"Adam 1e-4) + predicting {len(val)} validation images at "
-                  f"{sizes.agg_size}² (bench.finetune.inference.predict) into a confusion matrix"),
-        "arch": sizes.ft_arch, "encoder": sizes.ft_encoder,
+        "epoch": (
+            f"one full-batch train step on the 1 shot resized to {sizes.agg_size}² (Dice, "
+            f"Adam 1e-4) + predicting {len(val)} validation images at "
+            f"{sizes.agg_size}² (bench.finetune.inference.predict) into a confusion matrix"
+        ),
+        "arch": sizes.ft_arch,
+        "encoder": sizes.ft_encoder,
         "precision": "bf16 autocast + channels_last (bench.finetune.inference.forward_logits)"
-        if device.type == "cuda" else "fp32",
-        "val_images": len(val), "shot": shot, "warmup_epochs": sizes.agg_warmup,
+        if device.type == "cuda"
+        else "fp32",
+        "val_images": len(val),
+        "shot": shot,
+        "warmup_epochs": sizes.agg_warmup,
         "seconds_per_process": sizes.agg_seconds,
         "start": "spawned processes; timing starts at a barrier after model build and warm-up",
     }

@@ -36,7 +36,13 @@ from bench.models.segmenter import build_segmenter
 from bench.perf.probes import MemoryPeak, release, time_steps
 from bench.perf.sizes import PerfSizes
 from bench.ssl.augment import ImagePool
-from bench.ssl.engine import apply_step, build_optimizer, compile_target, compiled_step, sample_batch
+from bench.ssl.engine import (
+    apply_step,
+    build_optimizer,
+    compile_target,
+    compiled_step,
+    sample_batch,
+)
 from bench.ssl.method import EncoderContext
 
 
@@ -82,8 +88,9 @@ def _time_ceiling(device: torch.device, sizes: PerfSizes) -> float:
     return time_steps(step, sizes.ceiling_warmup, sizes.ceiling_steps, device)
 
 
-def measure_engine(method_cls: type, ctx: EncoderContext, pool: ImagePool, sizes: PerfSizes,
-                   compile_mode: str) -> dict[str, Any]:
+def measure_engine(
+    method_cls: type, ctx: EncoderContext, pool: ImagePool, sizes: PerfSizes, compile_mode: str
+) -> dict[str, Any]:
     """One SSL method through the project's engine: its model, the pool, the engine's step."""
     method = method_cls({"batch_size": sizes.batch, "view_size": sizes.view_size})
     cfg = method.engine_config(ctx.profile)
@@ -113,8 +120,15 @@ def measure_engine(method_cls: type, ctx: EncoderContext, pool: ImagePool, sizes
     }
 
 
-def _time_engine(method, ctx: EncoderContext, pool: ImagePool, sizes: PerfSizes, cfg,
-                 compile_mode: str, nominal_steps: int) -> dict[str, Any]:
+def _time_engine(
+    method,
+    ctx: EncoderContext,
+    pool: ImagePool,
+    sizes: PerfSizes,
+    cfg,
+    compile_mode: str,
+    nominal_steps: int,
+) -> dict[str, Any]:
     device = ctx.device
     torch.manual_seed(0)
     model = method.build_model(build_encoder(ctx.encoder), ctx, cfg).to(device)
@@ -123,7 +137,8 @@ def _time_engine(method, ctx: EncoderContext, pool: ImagePool, sizes: PerfSizes,
     optimizer = build_optimizer(cfg, model)
     steps_per_epoch = cfg.steps_per_epoch or max(1, len(pool) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_then(cfg.schedule, cfg.warmup_epochs * steps_per_epoch, nominal_steps))
+        optimizer, warmup_then(cfg.schedule, cfg.warmup_epochs * steps_per_epoch, nominal_steps)
+    )
     generator = torch.Generator(device=device).manual_seed(0)
     step_fn = compiled_step(model, compile_mode, nominal_steps)
     finite = True
@@ -136,50 +151,89 @@ def _time_engine(method, ctx: EncoderContext, pool: ImagePool, sizes: PerfSizes,
         apply_step(model, loss, optimizer, scheduler, cfg.grad_clip, (i + 1) / nominal_steps)
 
     seconds = time_steps(step, sizes.warmup, sizes.steps, device)
-    return {"seconds": seconds, "finite": finite, "views": model.views_per_sample(),
-            "passes": model.view_passes(cfg.batch_size),
-            "compiled": compile_target(model, compile_mode, nominal_steps, device)}
+    return {
+        "seconds": seconds,
+        "finite": finite,
+        "views": model.views_per_sample(),
+        "passes": model.view_passes(cfg.batch_size),
+        "compiled": compile_target(model, compile_mode, nominal_steps, device),
+    }
 
 
-def measure_finetune(card: DatasetCard, shots: list[LabeledImage], device: torch.device,
-                     sizes: PerfSizes, base_cfg: FinetuneConfig,
-                     compile: str = "off") -> dict[str, Any]:
+def measure_finetune(
+    card: DatasetCard,
+    shots: list[LabeledImage],
+    device: torch.device,
+    sizes: PerfSizes,
+    base_cfg: FinetuneConfig,
+    compile: str = "off",
+) -> dict[str, Any]:
     """Optimizer steps/s of the fine-tuning step (``TrainStep``) at each shot count."""
-    cfg = dataclasses.replace(base_cfg, arch=sizes.ft_arch, encoder=sizes.ft_encoder,
-                              crop=sizes.ft_crop)
+    cfg = dataclasses.replace(
+        base_cfg, arch=sizes.ft_arch, encoder=sizes.ft_encoder, crop=sizes.ft_crop
+    )
     per_shots: dict[str, dict[str, Any]] = {}
     for n in sizes.ft_shots:
         key = str(n)
         if n > len(shots):
-            per_shots[key] = {"steps_per_s": None, "batch": None,
-                              "error": f"only {len(shots)} labeled shot images available"}
+            per_shots[key] = {
+                "steps_per_s": None,
+                "batch": None,
+                "error": f"only {len(shots)} labeled shot images available",
+            }
             continue
         batch = min(n, sizes.ft_max_batch)
         try:
             with MemoryPeak(device) as mem:
                 seconds = _time_finetune(card, shots[:n], device, sizes, cfg, batch, compile)
-            per_shots[key] = {"steps_per_s": sizes.ft_steps / seconds, "batch": batch,
-                              "images_per_s": batch * sizes.ft_steps / seconds,
-                              "peak_mem_gb": mem.cuda_gb, "peak_rss_delta_gb": mem.rss_delta_gb}
-        except Exception as exc:  # noqa: BLE001 - e.g. a compile failure must not hide the rest
-            per_shots[key] = {"steps_per_s": None, "batch": batch,
-                              "error": f"{type(exc).__name__}: {exc}",
-                              "traceback": traceback.format_exc(limit=3)}
+            per_shots[key] = {
+                "steps_per_s": sizes.ft_steps / seconds,
+                "batch": batch,
+                "images_per_s": batch * sizes.ft_steps / seconds,
+                "peak_mem_gb": mem.cuda_gb,
+                "peak_rss_delta_gb": mem.rss_delta_gb,
+            }
+        except Exception as exc:  # e.g. a compile failure must not hide the rest
+            per_shots[key] = {
+                "steps_per_s": None,
+                "batch": batch,
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=3),
+            }
         release(device)
     compiled = should_compile(compile, "finetune", cfg.steps, device)
     return {
-        "arch": cfg.arch, "encoder": cfg.encoder, "crop": cfg.crop, "loss": cfg.loss,
-        "optimizer": "AdamW", "batch_rule": f"min(shots, {sizes.ft_max_batch})",
-        "compiled": ("CUDA graphs (torch.compile, reduce-overhead)" if device.type == "cuda"
-                     else "torch.compile") if compiled else None,
+        "arch": cfg.arch,
+        "encoder": cfg.encoder,
+        "crop": cfg.crop,
+        "loss": cfg.loss,
+        "optimizer": "AdamW",
+        "batch_rule": f"min(shots, {sizes.ft_max_batch})",
+        "compiled": (
+            "CUDA graphs (torch.compile, reduce-overhead)"
+            if device.type == "cuda"
+            else "torch.compile"
+        )
+        if compiled
+        else None,
         "precision": "bf16 autocast + channels_last (bench.finetune.inference.forward_logits)"
-        if device.type == "cuda" else "fp32",
-        "warmup": sizes.ft_warmup, "steps": sizes.ft_steps, "per_shots": per_shots,
+        if device.type == "cuda"
+        else "fp32",
+        "warmup": sizes.ft_warmup,
+        "steps": sizes.ft_steps,
+        "per_shots": per_shots,
     }
 
 
-def _time_finetune(card: DatasetCard, shots: list[LabeledImage], device: torch.device,
-                   sizes: PerfSizes, cfg: FinetuneConfig, batch: int, compile: str) -> float:
+def _time_finetune(
+    card: DatasetCard,
+    shots: list[LabeledImage],
+    device: torch.device,
+    sizes: PerfSizes,
+    cfg: FinetuneConfig,
+    batch: int,
+    compile: str,
+) -> float:
     torch.manual_seed(0)
     model = build_segmenter(cfg.arch, cfg.encoder, card.num_classes).to(device)
     if device.type == "cuda":

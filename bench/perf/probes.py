@@ -48,7 +48,7 @@ class MemoryPeak:
         self._peak = 0
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "MemoryPeak":
+    def __enter__(self) -> MemoryPeak:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -112,10 +112,18 @@ def run_perf(opts: PerfOptions) -> dict[str, Any]:
     workers = seed_workers() if sizes.seed_workers < 0 else sizes.seed_workers
     try:
         seed_rate: float | None = seed_loop_view_passes_per_s(
-            files, device, sizes.batch, sizes.view_size, sizes.warmup, sizes.steps, workers,
-            sizes.ssl_encoder, crop_bottom)
+            files,
+            device,
+            sizes.batch,
+            sizes.view_size,
+            sizes.warmup,
+            sizes.steps,
+            workers,
+            sizes.ssl_encoder,
+            crop_bottom,
+        )
         seed_error = None
-    except Exception as exc:  # noqa: BLE001 - recorded, the other figures still stand
+    except Exception as exc:  # recorded, the other figures still stand
         seed_rate, seed_error = None, f"{type(exc).__name__}: {exc}"
         notes.append(f"seed loop failed: {seed_error}")
     release(device)
@@ -124,16 +132,28 @@ def run_perf(opts: PerfOptions) -> dict[str, Any]:
     for name in names:
         method_cls = get_method(name)
         log(f"engine: {name}, batch {sizes.batch} at {sizes.view_size}²")
-        ctx = EncoderContext(card=card, data_root=opts.data_root, encoder=sizes.ssl_encoder,
-                             init="random", profile=opts.profile, seed=0, device=device,
-                             cache_dir=Path("results/cache"), compile=opts.compile,
-                             shots=shots[:1] if method_cls.uses_labels else [])
+        ctx = EncoderContext(
+            card=card,
+            data_root=opts.data_root,
+            encoder=sizes.ssl_encoder,
+            init="random",
+            profile=opts.profile,
+            seed=0,
+            device=device,
+            cache_dir=Path("results/cache"),
+            compile=opts.compile,
+            shots=shots[:1] if method_cls.uses_labels else [],
+        )
         try:
             entry = measure_engine(method_cls, ctx, pool, sizes, opts.compile)
-        except Exception as exc:  # noqa: BLE001 - one broken method must not hide the others
-            entry = {"view_passes_per_s": None, "peak_mem_gb": None, "peak_rss_delta_gb": None,
-                     "error": f"{type(exc).__name__}: {exc}",
-                     "traceback": traceback.format_exc(limit=3)}
+        except Exception as exc:  # one broken method must not hide the others
+            entry = {
+                "view_passes_per_s": None,
+                "peak_mem_gb": None,
+                "peak_rss_delta_gb": None,
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=3),
+            }
             release(device)
         rate = entry["view_passes_per_s"]
         entry["ratio_to_ceiling"] = rate / ceiling_rate if rate else None
@@ -142,15 +162,19 @@ def run_perf(opts: PerfOptions) -> dict[str, Any]:
     del pool
     release(device)
 
-    log(f"fine-tuning: {sizes.ft_arch}/{sizes.ft_encoder} at {sizes.ft_crop}², shots "
-        f"{', '.join(map(str, sizes.ft_shots))}")
-    finetune = measure_finetune(card, shots, device, sizes, get_profile(opts.profile).finetune,
-                                opts.compile)
+    log(
+        f"fine-tuning: {sizes.ft_arch}/{sizes.ft_encoder} at {sizes.ft_crop}², shots "
+        f"{', '.join(map(str, sizes.ft_shots))}"
+    )
+    finetune = measure_finetune(
+        card, shots, device, sizes, get_profile(opts.profile).finetune, opts.compile
+    )
 
     log(f"concurrent 1-shot fine-tunes: N = {', '.join(map(str, sizes.agg_procs))}")
     total_threads = threads if device.type == "cpu" else cpu_count()
-    aggregate = measure_aggregate(card, opts.data_root, shots[0].stem, val_stems, device, sizes,
-                                  total_threads)
+    aggregate = measure_aggregate(
+        card, opts.data_root, shots[0].stem, val_stems, device, sizes, total_threads
+    )
 
     cuda = device.type == "cuda"
     record: dict[str, Any] = {
@@ -170,27 +194,36 @@ def run_perf(opts: PerfOptions) -> dict[str, Any]:
         "pool_images": len(files),
         "torch_threads": threads,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "cuda": {"name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
-                 "memory_gb": torch.cuda.get_device_properties(device).total_memory / 1e9}
-        if cuda else None,
+        "cuda": {
+            "name": torch.cuda.get_device_name(device),
+            "cuda": torch.version.cuda,
+            "memory_gb": torch.cuda.get_device_properties(device).total_memory / 1e9,
+        }
+        if cuda
+        else None,
         "compile": opts.compile,
         "ceiling_imgs_per_s": ceiling_rate,
         "ceiling": ceiling,
         "methods": methods,
-        "peak_mem_kind": ("torch.cuda.max_memory_allocated during model build + timed steps "
-                          "(GB = 1e9 bytes, includes the on-device image pool)" if cuda else
-                          "peak_mem_gb is CUDA-only (null); peak_rss_delta_gb = peak process RSS "
-                          "above the RSS before the model was built, sampled every 5 ms from "
-                          "/proc/self/statm (GB = 1e9 bytes); a lower bound: memory freed by an earlier "
-                          "measurement and reused by the allocator does not show"),
+        "peak_mem_kind": (
+            "torch.cuda.max_memory_allocated during model build + timed steps "
+            "(GB = 1e9 bytes, includes the on-device image pool)"
+            if cuda
+            else "peak_mem_gb is CUDA-only (null); peak_rss_delta_gb = peak process RSS "
+            "above the RSS before the model was built, sampled every 5 ms from "
+            "/proc/self/statm (GB = 1e9 bytes); a lower bound: memory freed by an earlier "
+            "measurement and reused by the allocator does not show"
+        ),
         "seed_loop_view_passes_per_s": seed_rate,
         "seed_loop": {
             "network": f"torchvision {sizes.ssl_encoder} + gated 4-stage fusion + SimCLR head, "
-                       "NT-Xent τ 0.07, SGD 0.1, two separate forward passes, fp32",
+            "NT-Xent τ 0.07, SGD 0.1, two separate forward passes, fp32",
             "data": "PIL decode + per-image torchvision views (Resize → RandomResizedCrop 0.2–1 → "
-                    "ColorJitter p0.8 → RandomGrayscale 0.2 → GaussianBlur p0.5 → HFlip → "
-                    "ToTensor → Normalize) in DataLoader workers",
-            "workers": workers, "batch": sizes.batch, "view_size": sizes.view_size,
+            "ColorJitter p0.8 → RandomGrayscale 0.2 → GaussianBlur p0.5 → HFlip → "
+            "ToTensor → Normalize) in DataLoader workers",
+            "workers": workers,
+            "batch": sizes.batch,
+            "view_size": sizes.view_size,
             "error": seed_error,
         },
         "finetune_steps_per_s": {k: v["steps_per_s"] for k, v in finetune["per_shots"].items()},
@@ -222,6 +255,8 @@ def _standard_notes(device: torch.device, sizes: PerfSizes) -> list[str]:
         "every file with PIL each time, as the seed code does",
     ]
     if device.type == "cpu":
-        notes.append("CPU run: CUDA-only figures (peak_mem_gb, cuda) are null; figures depend on "
-                     "the load of the machine (see load_average)")
+        notes.append(
+            "CPU run: CUDA-only figures (peak_mem_gb, cuda) are null; figures depend on "
+            "the load of the machine (see load_average)"
+        )
     return notes

@@ -49,16 +49,18 @@ def seed_transform(size: int) -> T.Compose:
     ≈ 10 % of the size, odd; σ 0.1–2) with p 0.5 → horizontal flip → ToTensor → ImageNet Normalize.
     """
     kernel = int(0.1 * size) // 2 * 2 + 1
-    return T.Compose([
-        T.Resize((size, size)),
-        T.RandomResizedCrop(size, scale=(0.2, 1.0)),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return T.Compose(
+        [
+            T.Resize((size, size)),
+            T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 class SeedViews(Dataset):
@@ -98,16 +100,24 @@ class SeedMatSSL(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         pooled = []
-        for stage, gate in zip(self.stages, self.gates):
+        for stage, gate in zip(self.stages, self.gates, strict=True):
             x = stage(x)
             pooled.append(x.mean(dim=(2, 3)) * torch.sigmoid(gate))
         return self.head(torch.cat(pooled, dim=1))
 
 
-def seed_loop_view_passes_per_s(files: list[Path], device: torch.device, batch: int, size: int,
-                                warmup: int, steps: int, workers: int | None = None,
-                                encoder: str = "resnet50", crop_bottom: int = 0,
-                                seed: int = 0) -> float:
+def seed_loop_view_passes_per_s(
+    files: list[Path],
+    device: torch.device,
+    batch: int,
+    size: int,
+    warmup: int,
+    steps: int,
+    workers: int | None = None,
+    encoder: str = "resnet50",
+    crop_bottom: int = 0,
+    seed: int = 0,
+) -> float:
     """Encoder view-passes per second (batch × 2 views per step) of the seed loop, after warm-up.
 
     ``warmup`` steps (worker start-up included) are excluded; the clock covers ``steps`` steps,
@@ -118,10 +128,15 @@ def seed_loop_view_passes_per_s(files: list[Path], device: torch.device, batch: 
     workers = seed_workers() if workers is None else workers
     torch.manual_seed(seed)
     dataset = SeedViews(files, size, crop_bottom)
-    sampler = RandomSampler(dataset, replacement=True, num_samples=batch * (warmup + steps),
-                            generator=torch.Generator().manual_seed(seed))
-    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
-                        drop_last=True)
+    sampler = RandomSampler(
+        dataset,
+        replacement=True,
+        num_samples=batch * (warmup + steps),
+        generator=torch.Generator().manual_seed(seed),
+    )
+    loader = DataLoader(
+        dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True
+    )
     model = SeedMatSSL(encoder).to(device)
     model.train()
     criterion = NTXentLoss(temperature=0.07)

@@ -54,10 +54,23 @@ def sizes_for(profile: str, device: torch.device) -> PerfSizes:
     if profile == "smoke":
         procs = (1, 4, 8) if device.type == "cuda" else _cpu_procs()
         return PerfSizes(
-            batch=8, view_size=64, warmup=1, steps=4, pool_images=32,
-            ceiling_batch=8, ceiling_size=64, ceiling_warmup=1, ceiling_steps=4,
-            ft_arch="unet", ft_encoder="resnet18", ft_crop=128, ft_warmup=1, ft_steps=5,
-            agg_procs=procs, agg_warmup=1, agg_seconds=6.0,
+            batch=8,
+            view_size=64,
+            warmup=1,
+            steps=4,
+            pool_images=32,
+            ceiling_batch=8,
+            ceiling_size=64,
+            ceiling_warmup=1,
+            ceiling_steps=4,
+            ft_arch="unet",
+            ft_encoder="resnet18",
+            ft_crop=128,
+            ft_warmup=1,
+            ft_steps=5,
+            agg_procs=procs,
+            agg_warmup=1,
+            agg_seconds=6.0,
         )
     raise ValueError(f"unknown perf profile '{profile}'; choose {', '.join(PERF_PROFILES)}")
 

@@ -19,10 +19,9 @@ from pathlib import Path
 import pandas as pd
 from rich.rule import Rule
 
-from bench.data.cards import DatasetCard
 from bench.core.console import console
+from bench.data.cards import DatasetCard
 from bench.reporting.reported import reported_for, row_label
-from bench.results.frames import Results, card_for, shots_order
 from bench.reporting.stats import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -43,6 +42,7 @@ from bench.reporting.tables import (
     to_markdown,
     to_rich,
 )
+from bench.results.frames import Results, card_for, shots_order
 
 METHODS_NOTE = (
     "Scores in % on the test images. Each draw is one random choice of labeled training images "
@@ -106,7 +106,8 @@ def build_leaderboard(
             sections.append(section)
             rows += section_rows
     cells = pd.DataFrame(rows, columns=list(CELL_COLUMNS)).astype(
-        {"class_id": "Int64", "n": "Int64", "n_pairs": "Int64"})
+        {"class_id": "Int64", "n": "Int64", "n_pairs": "Int64"}
+    )
     return Leaderboard(tuple(sections), cells, results.store_url, datetime.now(timezone.utc))
 
 
@@ -194,14 +195,39 @@ def _section(
     lit = reported_for(reported, dataset, protocol)
     base = {"dataset": dataset, "protocol": protocol, "profile": profile}
 
-    rows = [_score_row(base, label, s, e, oracles.get((label, s)), baseline, pairs.get((label, s)))
-            for (label, s), e in means.items()]
-    rows += [{**base, "kind": "measured", "method": label, "shots": s, "metric": "iou",
-              "class_id": c, "class_name": names[c], **_estimate_cols(e)}
-             for c, est in per_class.items() for (label, s), e in est.items()]
-    rows += [{**base, "kind": "reported", "method": r.method, "shots": r.shots, "metric": "score",
-              "mean": r.value, "source": r.source, "citation": r.citation, "table": r.table,
-              "note": r.note} for r in lit.itertuples()]
+    rows = [
+        _score_row(base, label, s, e, oracles.get((label, s)), baseline, pairs.get((label, s)))
+        for (label, s), e in means.items()
+    ]
+    rows += [
+        {
+            **base,
+            "kind": "measured",
+            "method": label,
+            "shots": s,
+            "metric": "iou",
+            "class_id": c,
+            "class_name": names[c],
+            **_estimate_cols(e),
+        }
+        for c, est in per_class.items()
+        for (label, s), e in est.items()
+    ]
+    rows += [
+        {
+            **base,
+            "kind": "reported",
+            "method": r.method,
+            "shots": r.shots,
+            "metric": "score",
+            "mean": r.value,
+            "source": r.source,
+            "citation": r.citation,
+            "table": r.table,
+            "note": r.note,
+        }
+        for r in lit.itertuples()
+    ]
 
     tables = [
         _score_table(protocol, labels, shots, means),
@@ -215,8 +241,9 @@ def _section(
     if not lit.empty:
         tables.append(_reported_table(lit, shots))
     description = _description(card, protocol)
-    return Section(dataset, protocol, profile, description, baseline, tuple(tables),
-                   tuple(notes)), rows
+    return Section(
+        dataset, protocol, profile, description, baseline, tuple(tables), tuple(notes)
+    ), rows
 
 
 def _estimates(frame: pd.DataFrame) -> dict[tuple[str, str], Estimate]:
@@ -224,8 +251,10 @@ def _estimates(frame: pd.DataFrame) -> dict[tuple[str, str], Estimate]:
     if frame.empty:
         return {}
     draws = per_draw(frame, column="label").reset_index()
-    return {(str(label), str(s)): estimate(g["value"])
-            for (label, s), g in draws.groupby(["label", "shots_label"])}
+    return {
+        (str(label), str(s)): estimate(g["value"])
+        for (label, s), g in draws.groupby(["label", "shots_label"])
+    }
 
 
 def _comparisons(
@@ -252,7 +281,9 @@ def _pick_baseline(labels: list[str], wanted: str | None) -> tuple[str | None, l
             return name, []
         variants = [label for label in labels if label.startswith(f"{name} (")]
         if variants:
-            return variants[0], [f"baseline {name} has several variants; compared with {variants[0]}"]
+            return variants[0], [
+                f"baseline {name} has several variants; compared with {variants[0]}"
+            ]
     if wanted:
         return None, [f"baseline '{wanted}' has no runs here: no paired comparison"]
     return None, [f"neither {' nor '.join(DEFAULT_BASELINES)} has runs here: no paired comparison"]
@@ -267,15 +298,26 @@ def _score_row(
     baseline: str | None,
     pair: PairedComparison | None,
 ) -> dict[str, object]:
-    row: dict[str, object] = {**base, "kind": "measured", "method": label, "shots": shots,
-                              "metric": "score", **_estimate_cols(e)}
+    row: dict[str, object] = {
+        **base,
+        "kind": "measured",
+        "method": label,
+        "shots": shots,
+        "metric": "score",
+        **_estimate_cols(e),
+    }
     if oracle is not None:
         row |= {"oracle_mean": oracle.mean, "optimism": oracle.mean - e.mean}
     if pair is not None:
-        row |= {"baseline": baseline, "n_pairs": pair.n_pairs, "diff_mean": pair.mean_diff,
-                "diff_ci95_low": pair.ci_low, "diff_ci95_high": pair.ci_high,
-                "wilcoxon_p": pair.p_value,
-                "excluded": "; ".join(x.describe() for x in pair.excluded)}
+        row |= {
+            "baseline": baseline,
+            "n_pairs": pair.n_pairs,
+            "diff_mean": pair.mean_diff,
+            "diff_ci95_low": pair.ci_low,
+            "diff_ci95_high": pair.ci_high,
+            "wilcoxon_p": pair.p_value,
+            "excluded": "; ".join(x.describe() for x in pair.excluded),
+        }
     return row
 
 
@@ -283,16 +325,22 @@ def _estimate_cols(e: Estimate) -> dict[str, object]:
     return {"n": e.n, "mean": e.mean, "std": e.std, "ci95_low": e.ci_low, "ci95_high": e.ci_high}
 
 
-def _score_table(protocol: str, labels: list[str], shots: list[str],
-                 means: dict[tuple[str, str], Estimate]) -> DisplayTable:
+def _score_table(
+    protocol: str, labels: list[str], shots: list[str], means: dict[tuple[str, str], Estimate]
+) -> DisplayTable:
     cells = _grid(labels, shots, lambda lab, s: _mean_std(means.get((lab, s))))
     values = _grid(labels, shots, lambda lab, s: _mean_of(means.get((lab, s))), dtype=float)
-    return DisplayTable("score", f"{protocol} score (%), model selected on validation: mean ± std "
-                        "(n = draws)", cells, best_mask(values))
+    return DisplayTable(
+        "score",
+        f"{protocol} score (%), model selected on validation: mean ± std (n = draws)",
+        cells,
+        best_mask(values),
+    )
 
 
-def _ci_table(labels: list[str], shots: list[str],
-              means: dict[tuple[str, str], Estimate]) -> DisplayTable:
+def _ci_table(
+    labels: list[str], shots: list[str], means: dict[tuple[str, str], Estimate]
+) -> DisplayTable:
     def cell(label: str, s: str) -> str:
         e = means.get((label, s))
         if e is None:
@@ -301,12 +349,17 @@ def _ci_table(labels: list[str], shots: list[str],
             return f"{MISSING} (n={e.n})"
         return f"[{pct(e.ci_low)}, {pct(e.ci_high)}] (n={e.n})"
 
-    return DisplayTable("ci", "95% confidence interval of the mean (Student t), %",
-                        _grid(labels, shots, cell))
+    return DisplayTable(
+        "ci", "95% confidence interval of the mean (Student t), %", _grid(labels, shots, cell)
+    )
 
 
-def _optimism_table(labels: list[str], shots: list[str], means: dict[tuple[str, str], Estimate],
-                    oracles: dict[tuple[str, str], Estimate]) -> DisplayTable:
+def _optimism_table(
+    labels: list[str],
+    shots: list[str],
+    means: dict[tuple[str, str], Estimate],
+    oracles: dict[tuple[str, str], Estimate],
+) -> DisplayTable:
     def cell(label: str, s: str) -> str:
         e, o = means.get((label, s)), oracles.get((label, s))
         if e is None or o is None:
@@ -314,41 +367,65 @@ def _optimism_table(labels: list[str], shots: list[str], means: dict[tuple[str, 
         return f"{pct(e.mean)} → {pct(o.mean)} (Δ {pct(o.mean - e.mean, signed=True)}, n={o.n})"
 
     return DisplayTable(
-        "optimism", "Validation-selected → oracle (best step on test) mean score, % (Δ = optimism)",
+        "optimism",
+        "Validation-selected → oracle (best step on test) mean score, % (Δ = optimism)",
         _grid(labels, shots, cell),
-        note="The oracle picks the step by its test score: an optimistic upper bound, not a result.",
+        note="The oracle picks the step by its test score: an optimistic bound, not a result.",
     )
 
 
-def _paired_table(labels: list[str], shots: list[str], baseline: str,
-                  pairs: dict[tuple[str, str], PairedComparison]) -> DisplayTable:
+def _paired_table(
+    labels: list[str],
+    shots: list[str],
+    baseline: str,
+    pairs: dict[tuple[str, str], PairedComparison],
+) -> DisplayTable:
     def cell(label: str, s: str) -> str:
         p = pairs.get((label, s))
         if p is None or p.n_pairs == 0:
             return MISSING
-        ci = "" if math.isnan(p.ci_low) else f" [{pct(p.ci_low, signed=True)}, {pct(p.ci_high, signed=True)}]"
+        ci = (
+            ""
+            if math.isnan(p.ci_low)
+            else f" [{pct(p.ci_low, signed=True)}, {pct(p.ci_high, signed=True)}]"
+        )
         return f"{pct(p.mean_diff, signed=True)}{ci}, p={p.p_value:.3g} (n={p.n_pairs} pairs)"
 
     others = [label for label in labels if label != baseline]
-    excluded = [f"{label}, {_shots_header(s)}: {', '.join(x.describe() for x in p.excluded)}"
-                for (label, s), p in pairs.items() if p.excluded]
-    note = "Excluded draws (no match): " + "; ".join(excluded) if excluded else (
-        "All draws matched.")
+    excluded = [
+        f"{label}, {_shots_header(s)}: {', '.join(x.describe() for x in p.excluded)}"
+        for (label, s), p in pairs.items()
+        if p.excluded
+    ]
+    note = (
+        "Excluded draws (no match): " + "; ".join(excluded) if excluded else ("All draws matched.")
+    )
     return DisplayTable(
-        "paired", f"Difference from baseline {baseline}, percentage points: mean [bootstrap 95% CI], "
-        "Wilcoxon p (matching draws only)", _grid(others, shots, cell), note=note)
+        "paired",
+        f"Difference from baseline {baseline}, percentage points: mean [bootstrap 95% CI], "
+        "Wilcoxon p (matching draws only)",
+        _grid(others, shots, cell),
+        note=note,
+    )
 
 
-def _per_class_table(labels: list[str], shots: list[str],
-                     per_class: dict[int, dict[tuple[str, str], Estimate]],
-                     names: dict[int, str]) -> DisplayTable:
-    rows = [(label, s) for s in shots for label in labels
-            if any((label, s) in est for est in per_class.values())]
+def _per_class_table(
+    labels: list[str],
+    shots: list[str],
+    per_class: dict[int, dict[tuple[str, str], Estimate]],
+    names: dict[int, str],
+) -> DisplayTable:
+    rows = [
+        (label, s)
+        for s in shots
+        for label in labels
+        if any((label, s) in est for est in per_class.values())
+    ]
     index = pd.Index([f"{label}, {_shots_header(s)}" for label, s in rows], name="method, shots")
     columns = [names[c] for c in per_class]
     cells = pd.DataFrame(MISSING, index=index, columns=columns, dtype=object)
     values = pd.DataFrame(math.nan, index=index, columns=columns)
-    for j, (c, est) in enumerate(per_class.items()):
+    for j, (_c, est) in enumerate(per_class.items()):
         for i, key in enumerate(rows):
             e = est.get(key)
             if e is not None and e.n:
@@ -356,8 +433,13 @@ def _per_class_table(labels: list[str], shots: list[str],
                 values.iat[i, j] = e.mean
     at_shots = [[key[1] == s for key in rows] for s in shots]  # best per class within a shots level
     bold = pd.concat([best_mask(values.loc[rows_at]) for rows_at in at_shots])
-    return DisplayTable("per_class", "Per-class IoU (%), model selected on validation: mean (n = "
-                        "draws); best per class and shots in bold", cells, bold)
+    return DisplayTable(
+        "per_class",
+        "Per-class IoU (%), model selected on validation: mean (n = "
+        "draws); best per class and shots in bold",
+        cells,
+        bold,
+    )
 
 
 def _reported_table(lit: pd.DataFrame, shots: list[str]) -> DisplayTable:
@@ -367,19 +449,28 @@ def _reported_table(lit: pd.DataFrame, shots: list[str]) -> DisplayTable:
     for i, r in enumerate(lit.itertuples()):
         cells.iat[i, columns.index(_shots_header(r.shots))] = pct(r.value)
         cells.iat[i, len(columns)] = f"{r.table}; {r.note}" if r.note else r.table
-    citations = "; ".join(f"{s}: {c}" for s, c in lit[["source", "citation"]].drop_duplicates()
-                          .itertuples(index=False))
+    citations = "; ".join(
+        f"{s}: {c}"
+        for s, c in lit[["source", "citation"]].drop_duplicates().itertuples(index=False)
+    )
     return DisplayTable(
-        "reported", "Reported in the literature: not measured here, single published values, "
-        "not comparable with the mean ± std rows", cells, note=f"Sources: {citations}.",
-        reported=True)
+        "reported",
+        "Reported in the literature: not measured here, single published values, "
+        "not comparable with the mean ± std rows",
+        cells,
+        note=f"Sources: {citations}.",
+        reported=True,
+    )
 
 
-def _grid(labels: list[str], shots: list[str], fn: Callable[[str, str], object],
-          dtype: type = object) -> pd.DataFrame:
-    frame = pd.DataFrame([[fn(label, s) for s in shots] for label in labels],
-                         index=pd.Index(labels, name="method"),
-                         columns=[_shots_header(s) for s in shots])
+def _grid(
+    labels: list[str], shots: list[str], fn: Callable[[str, str], object], dtype: type = object
+) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        [[fn(label, s) for s in shots] for label in labels],
+        index=pd.Index(labels, name="method"),
+        columns=[_shots_header(s) for s in shots],
+    )
     return frame.astype(dtype)
 
 
@@ -413,5 +504,5 @@ def _description(card: DatasetCard | None, protocol: str) -> str:
 
 
 def _class_names(card: DatasetCard | None, per_class: dict[int, dict]) -> dict[int, str]:
-    names = dict(zip(card.class_ids, card.class_names)) if card else {}
+    names = dict(zip(card.class_ids, card.class_names, strict=True)) if card else {}
     return {c: names.get(c, f"class {c}") for c in per_class}

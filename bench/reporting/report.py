@@ -18,8 +18,8 @@ import pandas as pd
 from bench import __version__
 from bench.reporting.leaderboard import METHODS_NOTE, Leaderboard, Section
 from bench.reporting.plots import PlotSet, png_bytes
-from bench.results.frames import Results
 from bench.reporting.tables import DisplayTable, to_html
+from bench.results.frames import Results
 
 CSS = """
 :root { --ink:#1f2933; --muted:#616e7c; --line:#d9e2ec; --band:#f5f7fa; --accent:#2f6fde;
@@ -75,7 +75,9 @@ window.addEventListener("load", () => {
 def build_report(results: Results, board: Leaderboard, plots: PlotSet) -> str:
     """The report as one HTML string."""
     body = [
-        _section("how-to-read", "How to read the tables", f'<p class="explain">{_e(METHODS_NOTE)}</p>'),
+        _section(
+            "how-to-read", "How to read the tables", f'<p class="explain">{_e(METHODS_NOTE)}</p>'
+        ),
         *(_leaderboard_section(i, s) for i, s in enumerate(board.sections)),
         _section("figures", "Figures", _figures(plots)),
         _section("runs", "Runs and environment", _metadata(results)),
@@ -93,13 +95,13 @@ def build_report(results: Results, board: Leaderboard, plots: PlotSet) -> str:
 <body>
 <header>
 <h1>MicroSSL-Bench report</h1>
-<p>{len(runs)} succeeded runs · {runs.dataset.nunique()} dataset(s) · {runs.method.nunique()} method(s)
- · store <code>{_e(results.store_url)}</code></p>
+<p>{len(runs)} succeeded runs · {runs.dataset.nunique()} dataset(s)
+ · {runs.method.nunique()} method(s) · store <code>{_e(results.store_url)}</code></p>
 <p>Generated {board.generated:%Y-%m-%d %H:%M} UTC by microssl-bench {__version__}</p>
 </header>
 <main>
 <nav><h2>Contents</h2><ol>{toc}</ol></nav>
-{''.join(body)}
+{"".join(body)}
 </main>
 <script>{CHECK_SCRIPT}</script>
 </body>
@@ -114,9 +116,12 @@ def write_report(text: str, out: Path) -> Path:
 
 
 def _toc(board: Leaderboard) -> list[tuple[str, str]]:
-    return [("how-to-read", "How to read the tables"),
-            *((f"section-{i}", s.title) for i, s in enumerate(board.sections)),
-            ("figures", "Figures"), ("runs", "Runs and environment")]
+    return [
+        ("how-to-read", "How to read the tables"),
+        *((f"section-{i}", s.title) for i, s in enumerate(board.sections)),
+        ("figures", "Figures"),
+        ("runs", "Runs and environment"),
+    ]
 
 
 def _section(anchor: str, title: str, content: str) -> str:
@@ -134,9 +139,11 @@ def _figures(plots: PlotSet) -> str:
     parts = []
     for plot in plots.plots:
         data = base64.b64encode(png_bytes(plot.figure)).decode("ascii")
-        parts.append(f'<figure class="plot" id="plot-{_e(plot.name)}"><figcaption>'
-                     f'{_e(plot.caption)}</figcaption><img alt="{_e(plot.caption)}" '
-                     f'src="data:image/png;base64,{data}"></figure>')
+        parts.append(
+            f'<figure class="plot" id="plot-{_e(plot.name)}"><figcaption>'
+            f'{_e(plot.caption)}</figcaption><img alt="{_e(plot.caption)}" '
+            f'src="data:image/png;base64,{data}"></figure>'
+        )
     if plots.notes:
         items = "".join(f"<li>{_e(note)}</li>" for note in plots.notes)
         parts.append(f'<h3>Figures not drawn</h3><ul class="notes">{items}</ul>')
@@ -148,8 +155,11 @@ def _metadata(results: Results) -> str:
     versions = pd.DataFrame(list(runs.versions.map(lambda v: v or {}))).fillna("–").astype(str)
     environment = versions.assign(device=runs.device.values, host=runs.host.values)
     parts = [
-        _frame_table("environment", "Library versions, devices and hosts (runs per combination)",
-                     _counts(environment)),
+        _frame_table(
+            "environment",
+            "Library versions, devices and hosts (runs per combination)",
+            _counts(environment),
+        ),
         _frame_table("commits", "Code versions (git commit of the harness)", _commits(runs)),
         _frame_table("dates", "When the runs ran (UTC)", _dates(runs)),
         "<h3>Configurations</h3>",
@@ -168,28 +178,44 @@ def _counts(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _commits(runs: pd.DataFrame) -> pd.DataFrame:
     grouped = runs.assign(git_commit=runs.git_commit.fillna("unknown")).groupby("git_commit")
-    table = grouped.agg(runs=("id", "size"), first=("started_at", "min"), last=("started_at", "max"))
+    table = grouped.agg(
+        runs=("id", "size"), first=("started_at", "min"), last=("started_at", "max")
+    )
     return _dates_as_text(table.reset_index())
 
 
 def _dates(runs: pd.DataFrame) -> pd.DataFrame:
     grouped = runs.groupby(["dataset", "profile"])
-    table = grouped.agg(runs=("id", "size"), first_started=("started_at", "min"),
-                        last_ended=("ended_at", "max"))
+    table = grouped.agg(
+        runs=("id", "size"), first_started=("started_at", "min"), last_ended=("ended_at", "max")
+    )
     return _dates_as_text(table.reset_index())
 
 
 def _configs(runs: pd.DataFrame) -> Iterable[str]:
     for row in runs.drop_duplicates(["label", "dataset", "profile"]).itertuples():
         text = json.dumps(row.config, indent=2, sort_keys=True, default=str)
-        yield (f"<details><summary>{_e(row.label)} · {_e(row.dataset)} · {_e(row.profile)}"
-               f"</summary><pre>{_e(text)}</pre></details>")
+        yield (
+            f"<details><summary>{_e(row.label)} · {_e(row.dataset)} · {_e(row.profile)}"
+            f"</summary><pre>{_e(text)}</pre></details>"
+        )
 
 
 def _run_list(runs: pd.DataFrame) -> pd.DataFrame:
     seconds = (runs.ended_at - runs.started_at).dt.total_seconds().round(1)
-    columns = ["id", "label", "dataset", "split", "shots_label", "draw", "profile", "encoder",
-               "arch", "device", "started_at"]
+    columns = [
+        "id",
+        "label",
+        "dataset",
+        "split",
+        "shots_label",
+        "draw",
+        "profile",
+        "encoder",
+        "arch",
+        "device",
+        "started_at",
+    ]
     return _dates_as_text(runs[columns].assign(seconds=seconds))
 
 

@@ -30,7 +30,9 @@ def load_reported(path: Path | None = None) -> pd.DataFrame:
     frame = pd.read_csv(csv, dtype={"shots": str}, keep_default_na=False)
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
-        raise BenchError(f"{csv}: missing column(s) {', '.join(missing)}; need {', '.join(COLUMNS)}")
+        raise BenchError(
+            f"{csv}: missing column(s) {', '.join(missing)}; need {', '.join(COLUMNS)}"
+        )
     frame["value"] = pd.to_numeric(frame["value"], errors="raise")
     return frame[list(COLUMNS)]
 

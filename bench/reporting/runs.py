@@ -25,9 +25,16 @@ def print_outcomes(outcomes: list[RunOutcome]) -> None:
         table.add_column(p, justify="right")
     table.add_column("oracle (honest)", justify="right")
     for o in outcomes:
-        table.add_row(o.spec.method, o.spec.dataset, o.spec.shots, str(o.spec.draw), o.status,
-                      pct(o.scores.get("val")), *(pct(o.scores.get(p)) for p in protocols),
-                      pct(o.scores.get("oracle")))
+        table.add_row(
+            o.spec.method,
+            o.spec.dataset,
+            o.spec.shots,
+            str(o.spec.draw),
+            o.status,
+            pct(o.scores.get("val")),
+            *(pct(o.scores.get(p)) for p in protocols),
+            pct(o.scores.get("oracle")),
+        )
     if len(outcomes) > 1:
         cells = []
         for key in ("val", *protocols, "oracle"):
@@ -35,5 +42,7 @@ def print_outcomes(outcomes: list[RunOutcome]) -> None:
             cells.append(f"{pct(e.mean)} ± {pct(e.std)} (n={e.n})")
         table.add_row("mean ± std", "", "", "", "", *cells, style="bold")
     console.print(table)
-    console.print("Scores in %. honest = mIoU over all classes at native resolution; "
-                  "see README 'Protocol' for the paper protocols.")
+    console.print(
+        "Scores in %. honest = mIoU over all classes at native resolution; "
+        "see README 'Protocol' for the paper protocols."
+    )

@@ -109,10 +109,14 @@ def paired_comparison(
     theirs = _side(draws, baseline)
     common = ours.index.intersection(theirs.index).sort_values()
     excluded = sorted(
-        (ExcludedDraw(str(dataset), str(split), str(shots), int(draw), str(profile), missing)
-         for missing, keys in ((baseline, ours.index.difference(theirs.index)),
-                               (method, theirs.index.difference(ours.index)))
-         for dataset, split, shots, draw, profile in keys),
+        (
+            ExcludedDraw(str(dataset), str(split), str(shots), int(draw), str(profile), missing)
+            for missing, keys in (
+                (baseline, ours.index.difference(theirs.index)),
+                (method, theirs.index.difference(ours.index)),
+            )
+            for dataset, split, shots, draw, profile in keys
+        ),
         key=lambda e: (e.split, e.draw, e.missing),
     )
     diffs = (ours.loc[common] - theirs.loc[common]).to_numpy(dtype=float)

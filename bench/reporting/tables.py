@@ -66,15 +66,28 @@ def to_markdown(table: DisplayTable) -> str:
 
 def to_latex(table: DisplayTable) -> str:
     cols = "l" + "r" * len(table.cells.columns)
-    head = " & ".join(latex_escape(str(c)) for c in [table.cells.index.name or "", *table.cells.columns])
+    head = " & ".join(
+        latex_escape(str(c)) for c in [table.cells.index.name or "", *table.cells.columns]
+    )
     lines = [
-        r"\begin{table}[!htbp]", r"\centering\small", rf"\caption{{{latex_escape(table.title)}}}",
-        rf"\begin{{tabular}}{{{cols}}}", r"\toprule", head + r" \\", r"\midrule",
+        r"\begin{table}[!htbp]",
+        r"\centering\small",
+        rf"\caption{{{latex_escape(table.title)}}}",
+        rf"\begin{{tabular}}{{{cols}}}",
+        r"\toprule",
+        head + r" \\",
+        r"\midrule",
     ]
     for i, (label, row) in enumerate(table.cells.iterrows()):
-        cells = [rf"\textbf{{{latex_escape(c)}}}" if table.is_bold(i, j) else latex_escape(c)
-                 for j, c in enumerate(row)]
-        first = rf"\textit{{{latex_escape(str(label))}}}" if table.reported else latex_escape(str(label))
+        cells = [
+            rf"\textbf{{{latex_escape(c)}}}" if table.is_bold(i, j) else latex_escape(c)
+            for j, c in enumerate(row)
+        ]
+        first = (
+            rf"\textit{{{latex_escape(str(label))}}}"
+            if table.reported
+            else latex_escape(str(label))
+        )
         lines.append(" & ".join([first, *cells]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     if table.note:
@@ -85,12 +98,15 @@ def to_latex(table: DisplayTable) -> str:
 
 def to_html(table: DisplayTable) -> str:
     kind = "reported" if table.reported else "measured"
-    head = "".join(f"<th>{html.escape(str(c))}</th>"
-                   for c in [table.cells.index.name or "", *table.cells.columns])
+    head = "".join(
+        f"<th>{html.escape(str(c))}</th>"
+        for c in [table.cells.index.name or "", *table.cells.columns]
+    )
     body = []
     for i, (label, row) in enumerate(table.cells.iterrows()):
         cells = "".join(
-            f'<td class="best"><strong>{html.escape(c)}</strong></td>' if table.is_bold(i, j)
+            f'<td class="best"><strong>{html.escape(c)}</strong></td>'
+            if table.is_bold(i, j)
             else f"<td>{html.escape(c)}</td>"
             for j, c in enumerate(row)
         )
@@ -106,14 +122,23 @@ def to_html(table: DisplayTable) -> str:
 
 def to_rich(table: DisplayTable) -> Table:
     style = "italic dim" if table.reported else None
-    out = Table(title=escape(table.title), caption=escape(table.note) or None,
-                caption_justify="left", style=style)
+    out = Table(
+        title=escape(table.title),
+        caption=escape(table.note) or None,
+        caption_justify="left",
+        style=style,
+    )
     out.add_column(table.cells.index.name or "", style="italic" if table.reported else "bold")
     for col in table.cells.columns:
         out.add_column(str(col), justify="right")
     for i, (label, row) in enumerate(table.cells.iterrows()):
-        out.add_row(escape(str(label)), *[f"[bold]★ {escape(c)}[/]" if table.is_bold(i, j)
-                                          else escape(c) for j, c in enumerate(row)])
+        out.add_row(
+            escape(str(label)),
+            *[
+                f"[bold]★ {escape(c)}[/]" if table.is_bold(i, j) else escape(c)
+                for j, c in enumerate(row)
+            ],
+        )
     return out
 
 

@@ -208,7 +208,9 @@ class ResultStore:
         """Insert ``record`` as a 'running' run; return its id."""
         values = {**asdict(record), "status": "running", "started_at": _now()}
         with self.engine.begin() as conn:
-            return conn.execute(insert(runs_table).values(values)).inserted_primary_key[0]
+            key = conn.execute(insert(runs_table).values(values)).inserted_primary_key
+        assert key is not None
+        return int(key[0])
 
     def finish_run(self, run_id: int, metrics: list[MetricRow], summary: dict[str, Any]) -> None:
         """Write the metrics and mark the run succeeded, in one transaction.

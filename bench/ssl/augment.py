@@ -19,6 +19,7 @@ from torchvision.ops import roi_align
 
 from bench.models.inputs import normalize_unit
 
+
 @dataclass(frozen=True)
 class ViewConfig:
     """One view's augmentation distribution (SimCLR-style defaults)."""
@@ -52,7 +53,9 @@ class ImagePool:
             pad = ((0, height - im.shape[0]), (0, width - im.shape[1]))
             data[i, 0] = np.pad(im, pad, mode="edge")
         self.data = torch.from_numpy(data).to(device)
-        self.sizes = torch.tensor([im.shape[:2] for im in images], dtype=torch.float32, device=device)
+        self.sizes = torch.tensor(
+            [im.shape[:2] for im in images], dtype=torch.float32, device=device
+        )
         self.device = device
 
     def __len__(self) -> int:
@@ -87,26 +90,34 @@ def sample_boxes(sizes: torch.Tensor, cfg: ViewConfig, generator: torch.Generato
     return torch.stack([x1, y1, x1 + cw, y1 + ch], dim=1)
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator,
-             device: torch.device) -> torch.Tensor:
-    return low + (high - low) * torch.rand(n, generator=generator, device=generator.device).to(device)
+def _uniform(
+    n: int, low: float, high: float, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator, device=generator.device).to(
+        device
+    )
 
 
-def crop_resize(pool: ImagePool, index: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+def crop_resize(
+    pool: ImagePool, index: torch.Tensor, boxes: torch.Tensor, size: int
+) -> torch.Tensor:
     """Crop each box from its image and resize it to ``size²``; 0..1 floats.
 
     Bilinear samples at pixel centres, as many per output pixel as the box is larger than the
     output (adaptive ``roi_align``), so downscaling averages instead of aliasing.
     """
     source = pool.data[index].float().div_(255.0)
-    rois = torch.cat([torch.arange(len(index), device=boxes.device, dtype=boxes.dtype)[:, None],
-                      boxes], dim=1)
-    return roi_align(source, rois, output_size=size, spatial_scale=1.0, sampling_ratio=0,
-                     aligned=True)
+    rois = torch.cat(
+        [torch.arange(len(index), device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1
+    )
+    return roi_align(
+        source, rois, output_size=size, spatial_scale=1.0, sampling_ratio=0, aligned=True
+    )
 
 
-def flip_rotate(x: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor,
-                rot90: torch.Tensor) -> torch.Tensor:
+def flip_rotate(
+    x: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor, rot90: torch.Tensor
+) -> torch.Tensor:
     """Per-sample flips then rotation by ``rot90[i]`` quarter turns (square images)."""
     x = torch.where(hflip.view(-1, 1, 1, 1), x.flip(-1), x)
     x = torch.where(vflip.view(-1, 1, 1, 1), x.flip(-2), x)
@@ -119,7 +130,7 @@ def flip_rotate(x: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor,
 
 
 def jitter(x: torch.Tensor, cfg: ViewConfig, generator: torch.Generator) -> torch.Tensor:
-    """Brightness and contrast factors ~ U(1±strength) per sample, applied with probability ``jitter``."""
+    """Brightness and contrast factors ~ U(1±strength) per sample, with probability ``jitter``."""
     n = x.shape[0]
     apply = _bernoulli(n, cfg.jitter, generator, x.device).view(-1, 1, 1, 1)
     b = _uniform(n, 1 - cfg.brightness, 1 + cfg.brightness, generator, x.device).view(-1, 1, 1, 1)
@@ -130,7 +141,7 @@ def jitter(x: torch.Tensor, cfg: ViewConfig, generator: torch.Generator) -> torc
 
 
 def gaussian_blur(x: torch.Tensor, cfg: ViewConfig, generator: torch.Generator) -> torch.Tensor:
-    """Blur with probability ``blur``; sigma ~ U(blur_sigma) per sample; kernel ≈ 10% of the size."""
+    """Blur with probability ``blur``; sigma ~ U(blur_sigma) per sample; kernel ≈ 10% of size."""
     n, _, size, _ = x.shape
     apply = _bernoulli(n, cfg.blur, generator, x.device)
     if not bool(apply.any()):
@@ -156,8 +167,9 @@ def to_model_input(x: torch.Tensor) -> torch.Tensor:
     return normalize_unit(x)
 
 
-def make_views(pool: ImagePool, index: torch.Tensor, cfg: ViewConfig,
-               generator: torch.Generator) -> ViewBatch:
+def make_views(
+    pool: ImagePool, index: torch.Tensor, cfg: ViewConfig, generator: torch.Generator
+) -> ViewBatch:
     """One augmented view of each indexed image."""
     n = len(index)
     boxes = sample_boxes(pool.sizes[index], cfg, generator)

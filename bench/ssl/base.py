@@ -40,12 +40,13 @@ class SSLModel(nn.Module):
         return [fn(v) for v in views]
 
     @abstractmethod
-    def training_loss(self, pool: ImagePool, index: torch.Tensor,
-                      generator: torch.Generator) -> torch.Tensor:
+    def training_loss(
+        self, pool: ImagePool, index: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         """The loss for the pool images ``index`` (the model draws its own views)."""
 
     def after_step(self, progress: float) -> None:
-        """Called after every optimizer step with the fraction of training done (e.g. EMA updates)."""
+        """Called after each optimizer step with the fraction of training done (EMA updates)."""
 
     def views_per_sample(self) -> int:
         """Encoder passes per sample and step, for the images/s figure."""
@@ -113,6 +114,7 @@ class SSLMethod(Method):
         if self.uses_labels:
             config["shots"] = [s.stem for s in ctx.shots]
             config["shots_digest"] = hashlib.sha256(
-                b"".join(s.mask.tobytes() for s in ctx.shots)).hexdigest()[:16]
+                b"".join(s.mask.tobytes() for s in ctx.shots)
+            ).hexdigest()[:16]
             config["draw"] = ctx.draw
         return config

@@ -1,4 +1,4 @@
-"""Settings of the shared pretraining loop, per method and profile (``--param`` overrides any field)."""
+"""Settings of the shared pretraining loop, per method and profile (``--param`` overrides any)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class PretrainConfig:
     grad_clip: float = 0.0
     """Clip the gradient norm to this value (0: off)."""
     bn_views: str = "separate"
-    """BatchNorm over the views: ``separate`` forward passes (as the seeds) or one ``concat`` pass."""
+    """BatchNorm over the views: ``separate`` passes (as the seeds) or one ``concat`` pass."""
     pool_limit: int = 0
     """Use only the first N pool images (0: all)."""
 

@@ -69,9 +69,14 @@ def encoder_for(method: Method, ctx: EncoderContext) -> EncoderOutcome:
     """The weights fine-tuning starts from: a baseline's own, or the SSL method's pretraining."""
     if isinstance(method, SSLMethod):
         result = pretrain_encoder(method, ctx)
-        return EncoderOutcome(result.state, {"pretrain_losses": result.losses,
-                                             "pretrain_cached": result.cached,
-                                             "pretrain_folder": str(result.folder)})
+        return EncoderOutcome(
+            result.state,
+            {
+                "pretrain_losses": result.losses,
+                "pretrain_cached": result.cached,
+                "pretrain_folder": str(result.folder),
+            },
+        )
     if isinstance(method, Baseline):
         return EncoderOutcome(method.encoder_state(ctx), {})
     raise TypeError(f"method '{method.name}' is neither a Baseline nor an SSLMethod")
@@ -88,8 +93,9 @@ def pretrain_encoder(method: SSLMethod, ctx: EncoderContext) -> PretrainResult:
     with FileLock(str(folder / ".lock")):
         if (folder / ENCODER_FILE).is_file():
             card = json.loads((folder / CARD_FILE).read_text())
-            return PretrainResult(load_file(str(folder / ENCODER_FILE)), folder, True,
-                                  card.get("losses", []))
+            return PretrainResult(
+                load_file(str(folder / ENCODER_FILE)), folder, True, card.get("losses", [])
+            )
         return _train(method, ctx, folder)
 
 
@@ -110,15 +116,21 @@ def _train(method: SSLMethod, ctx: EncoderContext, folder: Path) -> PretrainResu
     steps_per_epoch = cfg.steps_per_epoch or max(1, len(pool) // cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_then(cfg.schedule, cfg.warmup_epochs * steps_per_epoch, total_steps))
+        optimizer, warmup_then(cfg.schedule, cfg.warmup_epochs * steps_per_epoch, total_steps)
+    )
     generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
     losses: list[float] = []
     start_epoch = _resume(folder, model, optimizer, scheduler, generator, losses)
     step_fn = compiled_step(model, ctx.compile, total_steps)
     views = model.view_passes(cfg.batch_size)
     with progress("loss", "speed") as bar:
-        task = bar.add_task(f"pretrain {method.name}", total=total_steps,
-                            completed=start_epoch * steps_per_epoch, loss="", speed="")
+        task = bar.add_task(
+            f"pretrain {method.name}",
+            total=total_steps,
+            completed=start_epoch * steps_per_epoch,
+            loss="",
+            speed="",
+        )
         for epoch in range(start_epoch, cfg.epochs):
             epoch_loss, started = 0.0, time.perf_counter()
             for step in range(steps_per_epoch):
@@ -128,7 +140,8 @@ def _train(method: SSLMethod, ctx: EncoderContext, folder: Path) -> PretrainResu
                 if not math.isfinite(value):
                     raise PretrainFailed(
                         f"{method.name} pretraining loss became {value} at epoch {epoch + 1}, "
-                        f"step {step + 1}; try a lower lr (--param lr=...) or --param grad_clip=1")
+                        f"step {step + 1}; try a lower lr (--param lr=...) or --param grad_clip=1"
+                    )
                 done = epoch * steps_per_epoch + step + 1
                 apply_step(model, loss, optimizer, scheduler, cfg.grad_clip, done / total_steps)
                 epoch_loss += value
@@ -154,7 +167,9 @@ def sample_batch(pool_size: int, batch_size: int, generator: torch.Generator) ->
 
 def _check(cfg: PretrainConfig, name: str) -> None:
     if cfg.optimizer not in OPTIMIZERS:
-        raise BenchError(f"{name}: unknown optimizer '{cfg.optimizer}'; choose {', '.join(OPTIMIZERS)}")
+        raise BenchError(
+            f"{name}: unknown optimizer '{cfg.optimizer}'; choose {', '.join(OPTIMIZERS)}"
+        )
     if cfg.schedule not in SCHEDULES:
         raise BenchError(f"{name}: schedule must be 'cosine' or 'constant', got '{cfg.schedule}'")
     if cfg.bn_views not in ("separate", "concat"):
@@ -169,14 +184,17 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 def build_optimizer(cfg: PretrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def apply_step(model, loss: torch.Tensor, optimizer, scheduler, grad_clip: float,
-               progress: float) -> None:
+def apply_step(
+    model, loss: torch.Tensor, optimizer, scheduler, grad_clip: float, progress: float
+) -> None:
     """Backward, gradient clipping (``grad_clip`` > 0), optimizer and schedule step, then the
     model's ``after_step(progress)`` (EMA updates)."""
     optimizer.zero_grad(set_to_none=True)
@@ -236,17 +254,27 @@ def _resume(folder: Path, model, optimizer, scheduler, generator, losses: list[f
     return int(ckpt["epoch"])
 
 
-def _save_checkpoint(folder: Path, epoch: int, model, optimizer, scheduler, generator,
-                     losses: list[float]) -> None:
+def _save_checkpoint(
+    folder: Path, epoch: int, model, optimizer, scheduler, generator, losses: list[float]
+) -> None:
     tmp = folder / (CHECKPOINT_FILE + ".tmp")
-    torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                "losses": losses}, tmp)
+    torch.save(
+        {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(),
+            "losses": losses,
+        },
+        tmp,
+    )
     os.replace(tmp, folder / CHECKPOINT_FILE)
 
 
-def _write_card(folder: Path, method: SSLMethod, ctx: EncoderContext, cfg: PretrainConfig,
-                losses: list[float]) -> None:
+def _write_card(
+    folder: Path, method: SSLMethod, ctx: EncoderContext, cfg: PretrainConfig, losses: list[float]
+) -> None:
     config = method.pretrain_config(ctx)
     card = {
         "method": method.name,
@@ -261,6 +289,6 @@ def _write_card(folder: Path, method: SSLMethod, ctx: EncoderContext, cfg: Pretr
         "versions": collect_versions(),
         "created": datetime.now(timezone.utc).isoformat(),
         "load_with": f"segmentation_models_pytorch.encoders.get_encoder('{ctx.encoder}', "
-                     "weights=None).load_state_dict(safetensors.torch.load_file(path), strict=True)",
+        "weights=None).load_state_dict(safetensors.torch.load_file(path), strict=True)",
     }
     (folder / CARD_FILE).write_text(json.dumps(card, indent=2))

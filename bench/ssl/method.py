@@ -1,4 +1,4 @@
-"""What every method is: a named, registered producer of the encoder weights fine-tuning starts from.
+"""What every method is: a named, registered source of the encoder weights fine-tuning starts from.
 
 ``Method`` holds the name, kind, hyperparameters (``Params``) and search space; ``Baseline`` methods
 return their weights directly (``encoder_state``); SSL methods (``bench.ssl.base.SSLMethod``) are
@@ -50,7 +50,7 @@ class SearchDim:
     """One hyperparameter's range for ``bench tune`` (an Optuna distribution, without optuna).
 
     ``kind`` is ``float`` (``low``..``high``, ``log`` scale optional), ``int`` (``step``) or
-    ``choice`` (``choices``). Build with ``SearchDim.real``, ``SearchDim.integer``, ``SearchDim.choice``.
+    ``choice`` (``choices``). Build with ``SearchDim.real``, ``.integer`` or ``.choice``.
     """
 
     kind: str
@@ -61,15 +61,15 @@ class SearchDim:
     choices: tuple[Any, ...] = ()
 
     @classmethod
-    def real(cls, low: float, high: float, log: bool = False) -> "SearchDim":
+    def real(cls, low: float, high: float, log: bool = False) -> SearchDim:
         return cls("float", low, high, log)
 
     @classmethod
-    def integer(cls, low: int, high: int, log: bool = False, step: int = 1) -> "SearchDim":
+    def integer(cls, low: int, high: int, log: bool = False, step: int = 1) -> SearchDim:
         return cls("int", low, high, log, step)
 
     @classmethod
-    def choice(cls, *choices: Any) -> "SearchDim":
+    def choice(cls, *choices: Any) -> SearchDim:
         return cls("choice", choices=tuple(choices))
 
     def contains(self, value: Any) -> bool:
@@ -108,7 +108,8 @@ class Method(ABC):
         """What ``bench tune`` searches at this profile: parameter name → range.
 
         Keys are ``Params`` fields or, for SSL methods, pretraining-loop settings (``lr``,
-        ``epochs``... see ``bench.ssl.config.PretrainConfig``): anything ``--param`` accepts. Empty: the
+        ``epochs``... see ``bench.ssl.config.PretrainConfig``): anything ``--param`` accepts. Empty:
+        the
         method has nothing to tune.
         """
         return {}

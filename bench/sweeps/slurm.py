@@ -29,14 +29,25 @@ class SlurmSettings:
 
 def slurm_parameters(s: SlurmSettings) -> dict[str, Any]:
     """The ``SlurmExecutor.update_parameters`` keywords for the worker array."""
-    params: dict[str, Any] = {"job_name": s.job_name, "time": s.time_min, "nodes": 1,
-                              "ntasks_per_node": 1, "gpus_per_node": s.gpus_per_task,
-                              "array_parallelism": s.array_parallelism or s.workers}
+    params: dict[str, Any] = {
+        "job_name": s.job_name,
+        "time": s.time_min,
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "gpus_per_node": s.gpus_per_task,
+        "array_parallelism": s.array_parallelism or s.workers,
+    }
     mem = None
     if s.mem_gb is not None:
         mem = f"{int(s.mem_gb)}GB" if s.mem_gb == int(s.mem_gb) else f"{int(s.mem_gb * 1024)}MB"
-    optional = {"cpus_per_task": s.cpus_per_task, "mem": mem, "partition": s.partition,
-                "account": s.account, "qos": s.qos, "setup": list(s.setup) or None}
+    optional = {
+        "cpus_per_task": s.cpus_per_task,
+        "mem": mem,
+        "partition": s.partition,
+        "account": s.account,
+        "qos": s.qos,
+        "setup": list(s.setup) or None,
+    }
     params.update({k: v for k, v in optional.items() if v is not None})
     if not s.gpus_per_task:
         params.pop("gpus_per_node")
@@ -65,7 +76,10 @@ def submit_slurm(s: SlurmSettings, opts: WorkerOptions) -> list[Any]:
 
 def slurm_task(opts: WorkerOptions, index: int) -> int:
     """What each array task runs (pickled by submitit): one worker, in-process."""
-    print(f"SLURM array task {index}: worker for study '{opts.name}' in "
-          f"{mask_password(opts.storage)}", flush=True)
+    print(
+        f"SLURM array task {index}: worker for study '{opts.name}' in "
+        f"{mask_password(opts.storage)}",
+        flush=True,
+    )
     worker_main(opts)
     return 0

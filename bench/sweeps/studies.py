@@ -25,6 +25,7 @@ This module imports neither torch nor the runner: ``bench status`` and the worke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -36,20 +37,17 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import (
+    BaseStorage,
+    JournalStorage,
+    RDBStorage,
+    RetryHeartbeatStaleTrialCallback,
+)
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled  # since Optuna 2
 from optuna.trial import FrozenTrial, TrialState
 
 from bench.core.errors import BenchError
 from bench.core.urls import mask_password
-
-try:  # the heartbeat interface is Optuna's base class for storages with heartbeats
-    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
-except ImportError:  # pragma: no cover - a future Optuna moved it
-    BaseHeartbeat = None  # type: ignore[assignment,misc]
-
-    def is_heartbeat_enabled(storage: BaseStorage) -> bool:  # type: ignore[misc]
-        return False
-
 
 STORAGE_ENV = "BENCH_OPTUNA_STORAGE"
 HEARTBEAT_S = 60
@@ -87,7 +85,7 @@ def results_dir(store_url: str | None) -> Path:
 
 
 def default_storage_url(store_url: str | None) -> str:
-    """``$BENCH_OPTUNA_STORAGE``, else ``optuna.sqlite`` beside a SQLite store, else the store's URL."""
+    """``$BENCH_OPTUNA_STORAGE``, else ``optuna.sqlite`` beside a SQLite store, else the store."""
     if os.environ.get(STORAGE_ENV):
         return os.environ[STORAGE_ENV]
     from bench.results.store import default_store_url
@@ -112,44 +110,50 @@ class RetryAndNotify:
             try:
                 hook(study, trial)
             except Exception as exc:  # a cleanup problem must not lose the retry
-                warnings.warn(f"stale-trial hook failed for trial {trial.number}: {exc}")
+                warnings.warn(
+                    f"stale-trial hook failed for trial {trial.number}: {exc}", stacklevel=2
+                )
         with quiet_experimental():
             self.retry(study, trial)
 
 
-if BaseHeartbeat is not None:
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """Optuna's journal storage plus heartbeats as a trial system attribute (wall clock)."""
 
-    class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
-        """Optuna's journal storage plus heartbeats kept as a trial system attribute (wall clock)."""
+    def __init__(
+        self,
+        backend: Any,
+        heartbeat_interval: int,
+        grace_period: int,
+        callback: Callable[[optuna.Study, FrozenTrial], None] | None,
+    ) -> None:
+        super().__init__(backend)
+        self._heartbeat_interval = heartbeat_interval
+        self._grace_period = grace_period
+        self._stale_callback = callback
 
-        def __init__(self, backend: Any, heartbeat_interval: int, grace_period: int,
-                     callback: Callable[[optuna.Study, FrozenTrial], None] | None) -> None:
-            super().__init__(backend)
-            self._heartbeat_interval = heartbeat_interval
-            self._grace_period = grace_period
-            self._stale_callback = callback
+    def record_heartbeat(self, trial_id: int) -> None:
+        # failed as stale meanwhile (or finished): nothing to keep alive
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            self.set_trial_system_attr(trial_id, JOURNAL_HEARTBEAT_ATTR, time.time())
 
-        def record_heartbeat(self, trial_id: int) -> None:
-            try:
-                self.set_trial_system_attr(trial_id, JOURNAL_HEARTBEAT_ATTR, time.time())
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # failed as stale meanwhile (or finished): nothing to keep alive
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        return [
+            t._trial_id
+            for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+            if now - t.system_attrs.get(JOURNAL_HEARTBEAT_ATTR, now) > self._grace_period
+        ]
 
-        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-            now = time.time()
-            return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False,
-                                                              states=(TrialState.RUNNING,))
-                    if now - t.system_attrs.get(JOURNAL_HEARTBEAT_ATTR, now) > self._grace_period]
+    def get_heartbeat_interval(self) -> int | None:
+        return self._heartbeat_interval
 
-        def get_heartbeat_interval(self) -> int | None:
-            return self._heartbeat_interval
+    def get_heartbeat_stale_trial_callback(self) -> Any:
+        return self._stale_callback
 
-        def get_heartbeat_stale_trial_callback(self) -> Any:
-            return self._stale_callback
-
-        # Optuna < 4.9 asks for the callback under its old name.
-        def get_failed_trial_callback(self) -> Any:  # type: ignore[override]
-            return self._stale_callback
+    # Optuna < 4.9 asks for the callback under its old name.
+    def get_failed_trial_callback(self) -> Any:
+        return self._stale_callback
 
 
 @dataclass
@@ -165,8 +169,13 @@ class OpenedStorage:
         return mask_password(self.url)
 
 
-def open_storage(url: str, heartbeat: int = HEARTBEAT_S, grace: int | None = None,
-                 max_retry: int = MAX_RETRY, must_exist: bool = False) -> OpenedStorage:
+def open_storage(
+    url: str,
+    heartbeat: int = HEARTBEAT_S,
+    grace: int | None = None,
+    max_retry: int = MAX_RETRY,
+    must_exist: bool = False,
+) -> OpenedStorage:
     """The Optuna storage at ``url`` with heartbeats every ``heartbeat`` s (stale after ``grace``,
     default 2 × heartbeat) and stale trials retried up to ``max_retry`` times. ``must_exist``: a
     SQLite or journal file that does not exist yet is an error (instead of being created)."""
@@ -174,8 +183,10 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S, grace: int | None = Non
         raise BenchError("--heartbeat must be ≥ 1 second")
     path = _local_file(url)
     if must_exist and path is not None and not path.is_file():
-        raise BenchError(f"no study storage at {path} ({url}); start a sweep or tune there first, "
-                         "or pass the right --storage")
+        raise BenchError(
+            f"no study storage at {path} ({url}); start a sweep or tune there first, "
+            "or pass the right --storage"
+        )
     grace = grace or 2 * heartbeat
     callback = RetryAndNotify(max_retry)
     try:
@@ -186,8 +197,10 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S, grace: int | None = Non
     except BenchError:
         raise
     except ImportError as exc:
-        raise BenchError(f"cannot open study storage {mask_password(url)}: database driver missing "
-                         f"({exc}); for PostgreSQL use a postgresql+psycopg:// URL") from exc
+        raise BenchError(
+            f"cannot open study storage {mask_password(url)}: database driver missing "
+            f"({exc}); for PostgreSQL use a postgresql+psycopg:// URL"
+        ) from exc
     except Exception as exc:  # sqlalchemy ArgumentError/OperationalError, OSError...
         reason = getattr(exc, "orig", None) or exc
         raise BenchError(f"cannot open study storage {mask_password(url)}: {reason}") from exc
@@ -222,8 +235,13 @@ def _rdb_storage(url: str, heartbeat: int, grace: int, callback: RetryAndNotify)
         # Autocommit at the driver level; _serialize_sqlite emits BEGIN IMMEDIATE itself.
         kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S, "isolation_level": None}}
     with quiet_experimental():
-        storage = RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
-                             grace_period=grace, heartbeat_stale_trial_callback=callback)
+        storage = RDBStorage(
+            url,
+            engine_kwargs=kwargs,
+            heartbeat_interval=heartbeat,
+            grace_period=grace,
+            heartbeat_stale_trial_callback=callback,
+        )
     if sqlite:
         _serialize_sqlite(storage.engine)
     return storage
@@ -249,11 +267,11 @@ def _journal_storage(url: str, heartbeat: int, grace: int, callback: RetryAndNot
 
     path = url.removeprefix("journal:").removeprefix("//")
     if not path:
-        raise BenchError(f"journal storage URL '{url}' names no file; e.g. journal:///shared/sweep.log")
+        raise BenchError(
+            f"journal storage URL '{url}' names no file; e.g. journal:///shared/sweep.log"
+        )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     backend = JournalFileBackend(path)
-    if BaseHeartbeat is None:  # pragma: no cover
-        return JournalStorage(backend)
     return HeartbeatJournalStorage(backend, heartbeat, grace, callback)
 
 
@@ -261,8 +279,9 @@ def load_study(opened: OpenedStorage, name: str) -> optuna.Study:
     """The existing study ``name``; BenchError naming the studies there otherwise."""
     try:
         # Sweep trials are enqueued, never sampled: the cheapest sampler keeps Trial() fast.
-        return optuna.load_study(study_name=name, storage=opened.storage,
-                                 sampler=optuna.samplers.RandomSampler())
+        return optuna.load_study(
+            study_name=name, storage=opened.storage, sampler=optuna.samplers.RandomSampler()
+        )
     except KeyError:
         names = study_names(opened)
         raise BenchError(
@@ -278,8 +297,13 @@ def study_names(opened: OpenedStorage) -> list[str]:
 
 def create_study(opened: OpenedStorage, name: str) -> optuna.Study:
     """Create (or open) the study ``name``, maximising (validation mIoU)."""
-    return optuna.create_study(study_name=name, storage=opened.storage, direction="maximize",
-                               load_if_exists=True, sampler=optuna.samplers.RandomSampler())
+    return optuna.create_study(
+        study_name=name,
+        storage=opened.storage,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.RandomSampler(),
+    )
 
 
 def fail_stale(study: optuna.Study) -> None:
@@ -357,8 +381,9 @@ def trial_label(trial: FrozenTrial) -> str:
     return trial.user_attrs.get(LABEL) or f"trial {trial.number}"
 
 
-def status_renderable(name: str, counts: StudyCounts, shown_storage: str,
-                      show_lists: bool = True) -> Any:
+def status_renderable(
+    name: str, counts: StudyCounts, shown_storage: str, show_lists: bool = True
+) -> Any:
     """A rich panel: counts, a progress bar, and what is running or failed."""
     from rich.console import Group
     from rich.markup import escape
@@ -368,15 +393,26 @@ def status_renderable(name: str, counts: StudyCounts, shown_storage: str,
 
     unit = "grid points" if counts.kind == "sweep" else "trials"
     table = Table.grid(padding=(0, 2))
-    table.add_row("[green]done", str(counts.done), "[cyan]running", str(counts.running),
-                  "[yellow]waiting", str(counts.waiting), "[red]failed", str(counts.failed),
-                  *(("[magenta]pruned", str(counts.pruned)) if counts.kind == "tune" else ()),
-                  "retried attempts", str(counts.retried))
+    table.add_row(
+        "[green]done",
+        str(counts.done),
+        "[cyan]running",
+        str(counts.running),
+        "[yellow]waiting",
+        str(counts.waiting),
+        "[red]failed",
+        str(counts.failed),
+        *(("[magenta]pruned", str(counts.pruned)) if counts.kind == "tune" else ()),
+        "retried attempts",
+        str(counts.retried),
+    )
     total = max(counts.total, 1)
     bar = Table.grid(padding=(0, 1))
-    bar.add_row(ProgressBar(total=total, completed=counts.done + counts.pruned, width=50),
-                f"{counts.done + counts.pruned}/{counts.total} {unit}"
-                f" ({100 * (counts.done + counts.pruned) / total:.0f}%)")
+    bar.add_row(
+        ProgressBar(total=total, completed=counts.done + counts.pruned, width=50),
+        f"{counts.done + counts.pruned}/{counts.total} {unit}"
+        f" ({100 * (counts.done + counts.pruned) / total:.0f}%)",
+    )
     parts: list[Any] = [table, bar]
     if show_lists:
         parts += [f"[cyan]running:[/] {escape(label)}" for label in counts.running_labels[:20]]
@@ -384,5 +420,10 @@ def status_renderable(name: str, counts: StudyCounts, shown_storage: str,
         hidden = max(0, len(counts.failed_labels) - 20) + max(0, len(counts.running_labels) - 20)
         if hidden:
             parts.append(f"[dim]… and {hidden} more[/]")
-    return Panel(Group(*parts), title=escape(f"study '{name}'"), subtitle=escape(shown_storage),
-                 subtitle_align="right", expand=False)
+    return Panel(
+        Group(*parts),
+        title=escape(f"study '{name}'"),
+        subtitle=escape(shown_storage),
+        subtitle_align="right",
+        expand=False,
+    )

@@ -1,4 +1,4 @@
-"""Sweeps: a grid of runs (methods × datasets × shots × draws) as ONE Optuna study of enqueued trials.
+"""Sweeps: a grid of runs (methods × datasets × shots × draws) as ONE study of enqueued trials.
 
 Each grid point is a trial enqueued with ``study.enqueue_trial`` whose user attributes hold the
 ``RunSpec`` (``spec``), a stable ``grid_key`` (hash of the spec) and a readable ``label``. Workers
@@ -28,8 +28,8 @@ from bench.core.errors import BenchError
 from bench.sweeps.studies import GRID_KEY, LABEL, StaleHook
 
 if TYPE_CHECKING:
-    from bench.runner import RunEnv, RunSpec
     from bench.results.store import ResultStore
+    from bench.runner import RunEnv, RunSpec
 
 SPEC = "spec"
 CONFIG_HASH = "config_hash"
@@ -70,7 +70,9 @@ def expand_methods(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def split_params(methods: list[str], params: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def split_params(
+    methods: list[str], params: dict[str, Any]
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """``--param`` values per method: each method gets the keys it accepts (e.g. ``epochs`` goes to
     the SSL methods, not to the baselines). A key no method accepts is an error."""
     from bench.ssl.registry import get_method
@@ -91,22 +93,25 @@ def split_params(methods: list[str], params: dict[str, Any]) -> tuple[dict[str, 
     unused = [key for key, who in takers.items() if not who]
     if unused:
         get_method(methods[0])({key: params[key] for key in unused})  # raises the usual message
-    notes = [f"note: --param {key} applies to {', '.join(who)} only"
-             for key, who in takers.items() if len(who) < len(methods)]
+    notes = [
+        f"note: --param {key} applies to {', '.join(who)} only"
+        for key, who in takers.items()
+        if len(who) < len(methods)
+    ]
     return accepted, notes
 
 
-def expand_grid(grid: Grid, data_root: str | None) -> tuple[list["RunSpec"], list[str]]:
+def expand_grid(grid: Grid, data_root: str | None) -> tuple[list[RunSpec], list[str]]:
     """The grid's run specs, and notes on the points skipped (more shots than a dataset's pool).
 
     Order: draws, then shots, then datasets, then methods innermost, so that the first trials of
     several workers pretrain different methods instead of waiting on one another's cache lock.
     """
     from bench.data.cards import load_card
-    from bench.data.sources import resolve_data_root
     from bench.data.protocol import parse_shots, partition
-    from bench.ssl.registry import get_method
+    from bench.data.sources import resolve_data_root
     from bench.runner import RunSpec
+    from bench.ssl.registry import get_method
 
     if grid.draws < 1:
         raise BenchError("--draws must be ≥ 1")
@@ -120,37 +125,55 @@ def expand_grid(grid: Grid, data_root: str | None) -> tuple[list["RunSpec"], lis
     for method in grid.methods:  # unknown parameters fail here, not in every trial
         for dataset in grid.datasets:
             get_method(method)(dict(grid.params.get((method, dataset), {})))
-    notes = [f"note: skipping {dataset} {label}-shot (all methods, all draws): its pool has only "
-             f"{pools[dataset]} images for shots" for label, n in levels for dataset in grid.datasets
-             if n is not None and n > pools[dataset]]
+    notes = [
+        f"note: skipping {dataset} {label}-shot (all methods, all draws): its pool has only "
+        f"{pools[dataset]} images for shots"
+        for label, n in levels
+        for dataset in grid.datasets
+        if n is not None and n > pools[dataset]
+    ]
     specs = [
-        RunSpec(method=method, dataset=dataset, split=grid.split, shots=label, draw=draw,
-                profile=grid.profile, init=grid.init, seed=grid.seed,
-                params=dict(grid.params.get((method, dataset), {})), finetune=dict(grid.finetune))
-        for draw in range(grid.draws) for label, n in levels for dataset in grid.datasets
-        if n is None or n <= pools[dataset] for method in grid.methods
+        RunSpec(
+            method=method,
+            dataset=dataset,
+            split=grid.split,
+            shots=label,
+            draw=draw,
+            profile=grid.profile,
+            init=grid.init,
+            seed=grid.seed,
+            params=dict(grid.params.get((method, dataset), {})),
+            finetune=dict(grid.finetune),
+        )
+        for draw in range(grid.draws)
+        for label, n in levels
+        for dataset in grid.datasets
+        if n is None or n <= pools[dataset]
+        for method in grid.methods
     ]
     return specs, notes
 
 
-def spec_dict(spec: "RunSpec") -> dict[str, Any]:
+def spec_dict(spec: RunSpec) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str))
 
 
-def spec_from_dict(data: dict[str, Any]) -> "RunSpec":
+def spec_from_dict(data: dict[str, Any]) -> RunSpec:
     from bench.runner import RunSpec
 
     return RunSpec(**data)
 
 
-def grid_key(spec: "RunSpec") -> str:
+def grid_key(spec: RunSpec) -> str:
     canonical = json.dumps(spec_dict(spec), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def spec_label(spec: "RunSpec") -> str:
+def spec_label(spec: RunSpec) -> str:
     params = "".join(f" {k}={v}" for k, v in sorted(spec.params.items()))
-    return f"{spec.method} {spec.dataset} {spec.shots}-shot draw {spec.draw} ({spec.profile}{params})"
+    return (
+        f"{spec.method} {spec.dataset} {spec.shots}-shot draw {spec.draw} ({spec.profile}{params})"
+    )
 
 
 @dataclass
@@ -161,7 +184,7 @@ class EnqueueReport:
     retried: int = 0
 
 
-def enqueue(study: optuna.Study, specs: list["RunSpec"]) -> EnqueueReport:
+def enqueue(study: optuna.Study, specs: list[RunSpec]) -> EnqueueReport:
     """Enqueue the grid points that have no waiting, running or complete trial yet."""
     states: dict[str, set[TrialState]] = defaultdict(set)
     for trial in study.get_trials(deepcopy=False):
@@ -180,19 +203,28 @@ def enqueue(study: optuna.Study, specs: list["RunSpec"]) -> EnqueueReport:
             continue
         if seen:
             report.retried += 1
-        study.enqueue_trial({}, user_attrs={GRID_KEY: key, LABEL: spec_label(spec), SPEC: spec_dict(spec),
-                                            "method": spec.method, "dataset": spec.dataset,
-                                            "shots": spec.shots, "draw": spec.draw,
-                                            "profile": spec.profile})
+        study.enqueue_trial(
+            {},
+            user_attrs={
+                GRID_KEY: key,
+                LABEL: spec_label(spec),
+                SPEC: spec_dict(spec),
+                "method": spec.method,
+                "dataset": spec.dataset,
+                "shots": spec.shots,
+                "draw": spec.draw,
+                "profile": spec.profile,
+            },
+        )
         states[key].add(TrialState.WAITING)
         report.added += 1
     return report
 
 
-def sweep_objective(env: "RunEnv"):
+def sweep_objective(env: RunEnv):
     """The worker's objective: run the trial's grid point; its value is the validation score."""
-    from bench.runner import prepare, run_one
     from bench.results.store import DuplicateResult
+    from bench.runner import prepare, run_one
 
     stall = float(os.environ.get(STALL_ENV) or 0)
 
@@ -203,7 +235,9 @@ def sweep_objective(env: "RunEnv"):
     def objective(trial: optuna.Trial) -> float:
         data = trial.user_attrs.get(SPEC)
         if data is None:
-            raise BenchError(f"trial {trial.number} is not a sweep grid point (no '{SPEC}' attribute)")
+            raise BenchError(
+                f"trial {trial.number} is not a sweep grid point (no '{SPEC}' attribute)"
+            )
         spec = spec_from_dict(data)
         trial.set_user_attr(CONFIG_HASH, prepare(spec, env).hash)
         try:
@@ -218,7 +252,7 @@ def sweep_objective(env: "RunEnv"):
     return objective
 
 
-def interrupted_runs_hook(store: "ResultStore") -> StaleHook:
+def interrupted_runs_hook(store: ResultStore) -> StaleHook:
     """A stale-trial hook: the results-store rows its lost worker left 'running' become failed."""
 
     def hook(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -227,7 +261,10 @@ def interrupted_runs_hook(store: "ResultStore") -> StaleHook:
             return
         worker = trial.user_attrs.get("worker", "?")
         for run in store.runs(config_hash=config, status="running"):
-            store.fail_run(run.id, f"interrupted: worker {worker} stopped responding (study "
-                                   f"'{study.study_name}' trial {trial.number} failed as stale)")
+            store.fail_run(
+                run.id,
+                f"interrupted: worker {worker} stopped responding (study "
+                f"'{study.study_name}' trial {trial.number} failed as stale)",
+            )
 
     return hook

@@ -10,7 +10,7 @@ current draw's best so far) is reported after each validation, at global step
 Tune runs go to their own results store (default ``tune.sqlite`` beside the main store), so the
 leaderboard never sees them. The best parameters are written to
 ``<tuned dir>/<method>-<dataset>-<profile>.json`` (default ``results/tuned/``, beside the main
-store) and ``resolve_params(..., source="best")`` reads them back for ``run``/``sweep --params best``.
+store) and ``resolve_params(..., source="best")`` reads them back for ``--params best``.
 The first trial of a new study is the method's current defaults, so "best" is never worse than them.
 """
 
@@ -32,8 +32,8 @@ from bench.core.errors import BenchError
 from bench.sweeps.studies import LABEL, OpenedStorage, results_dir
 
 if TYPE_CHECKING:
-    from bench.ssl.method import Method, SearchDim
     from bench.runner import RunEnv
+    from bench.ssl.method import Method, SearchDim
 
 TUNED_DIR_ENV = "BENCH_TUNED_DIR"
 METRIC = "mean validation mIoU (honest, model selected on validation) over the draws"
@@ -56,35 +56,45 @@ def default_tune_store(store_url: str | None = None) -> str:
 
 # --- Search space ------------------------------------------------------------------------------
 
-def suggest(trial: optuna.Trial, name: str, dim: "SearchDim") -> Any:
+
+def suggest(trial: optuna.Trial, name: str, dim: SearchDim) -> Any:
     """Ask the trial for ``name`` within ``dim``."""
     if dim.kind == "float":
         return trial.suggest_float(name, float(dim.low), float(dim.high), log=dim.log)
     if dim.kind == "int":
-        return trial.suggest_int(name, int(dim.low), int(dim.high), log=dim.log,
-                                 step=1 if dim.log else int(dim.step or 1))
+        return trial.suggest_int(
+            name,
+            int(dim.low),
+            int(dim.high),
+            log=dim.log,
+            step=1 if dim.log else int(dim.step or 1),
+        )
     if dim.kind == "choice":
         return trial.suggest_categorical(name, list(dim.choices))
     raise ValueError(f"unknown search dimension kind '{dim.kind}'")
 
 
-def search_space(method_cls: type["Method"], profile: str,
-                 fixed: dict[str, Any] | None = None) -> dict[str, "SearchDim"]:
+def search_space(
+    method_cls: type[Method], profile: str, fixed: dict[str, Any] | None = None
+) -> dict[str, SearchDim]:
     """The method's search space at ``profile`` without the ``fixed`` keys; BenchError if empty."""
     space = {k: v for k, v in method_cls.search_space(profile).items() if k not in (fixed or {})}
     if not space:
-        why = "declares no search space" if not method_cls.search_space(profile) else \
-            "has every searched parameter fixed with --param"
+        why = (
+            "declares no search space"
+            if not method_cls.search_space(profile)
+            else "has every searched parameter fixed with --param"
+        )
         raise BenchError(f"method '{method_cls.name}' {why}: nothing to tune")
     method_cls({k: _probe(d) for k, d in space.items()})  # every key must be a valid --param
     return space
 
 
-def _probe(dim: "SearchDim") -> Any:
+def _probe(dim: SearchDim) -> Any:
     return dim.choices[0] if dim.kind == "choice" else dim.low
 
 
-def current_values(method: "Method", keys: list[str], profile: str) -> dict[str, Any]:
+def current_values(method: Method, keys: list[str], profile: str) -> dict[str, Any]:
     """What ``method`` uses now for ``keys`` (method parameters or pretraining-loop settings)."""
     values = {}
     engine = method.engine_config(profile) if hasattr(method, "engine_config") else None
@@ -95,6 +105,7 @@ def current_values(method: "Method", keys: list[str], profile: str) -> dict[str,
 
 
 # --- The study -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TuneTask:
@@ -118,12 +129,21 @@ class TuneTask:
         return json.loads(json.dumps(asdict(self), sort_keys=True, default=str))
 
 
-def tune_study(opened: OpenedStorage, name: str, task: TuneTask, sampler_seed: int | None,
-               pruner: str = "median") -> optuna.Study:
+def tune_study(
+    opened: OpenedStorage,
+    name: str,
+    task: TuneTask,
+    sampler_seed: int | None,
+    pruner: str = "median",
+) -> optuna.Study:
     study = optuna.create_study(
-        study_name=name, storage=opened.storage, direction="maximize", load_if_exists=True,
+        study_name=name,
+        storage=opened.storage,
+        direction="maximize",
+        load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=sampler_seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5) if pruner == "median"
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5)
+        if pruner == "median"
         else optuna.pruners.NopPruner(),
     )
     recorded = study.user_attrs.get("task")
@@ -139,14 +159,20 @@ def tune_study(opened: OpenedStorage, name: str, task: TuneTask, sampler_seed: i
 
 
 def _describe(task: dict[str, Any]) -> str:
-    extra = {k: v for k, v in task.items()
-             if k not in ("method", "dataset", "shots", "profile", "draws") and v not in (None, {}, 0)}
-    return (f"{task['method']} on {task['dataset']} ({task['shots']}-shot, {task['draws']} draws, "
-            f"{task['profile']} profile{''.join(f', {k}={v}' for k, v in extra.items())})")
+    extra = {
+        k: v
+        for k, v in task.items()
+        if k not in ("method", "dataset", "shots", "profile", "draws") and v not in (None, {}, 0)
+    }
+    return (
+        f"{task['method']} on {task['dataset']} ({task['shots']}-shot, {task['draws']} draws, "
+        f"{task['profile']} profile{''.join(f', {k}={v}' for k, v in extra.items())})"
+    )
 
 
-def enqueue_defaults(study: optuna.Study, method: "Method", space: dict[str, "SearchDim"],
-                     profile: str) -> bool:
+def enqueue_defaults(
+    study: optuna.Study, method: Method, space: dict[str, SearchDim], profile: str
+) -> bool:
     """Make the first trial of a new study the method's current settings (when in range)."""
     if study.get_trials(deepcopy=False):
         return False
@@ -157,7 +183,7 @@ def enqueue_defaults(study: optuna.Study, method: "Method", space: dict[str, "Se
     return True
 
 
-def tune_objective(task: TuneTask, env: "RunEnv", space: dict[str, "SearchDim"]):
+def tune_objective(task: TuneTask, env: RunEnv, space: dict[str, SearchDim]):
     """Objective: suggest, run every draw, return the mean validation score; prune on the way."""
     from bench import runner
     from bench.profiles import finetune_config, get_profile
@@ -177,13 +203,22 @@ def tune_objective(task: TuneTask, env: "RunEnv", space: dict[str, "SearchDim"])
                     best = max(best, score)
                 if not math.isfinite(best):
                     return
-                trial.report(sum(finals + [best]) / (len(finals) + 1), draw * steps + step)
+                trial.report(sum([*finals, best]) / (len(finals) + 1), draw * steps + step)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at draw {draw}, step {step}")
 
-            spec = runner.RunSpec(method=task.method, dataset=task.dataset, split=task.split,
-                                  shots=task.shots, draw=draw, profile=task.profile, init=task.init,
-                                  seed=task.seed, params=params, finetune=dict(task.finetune))
+            spec = runner.RunSpec(
+                method=task.method,
+                dataset=task.dataset,
+                split=task.split,
+                shots=task.shots,
+                draw=draw,
+                profile=task.profile,
+                init=task.init,
+                seed=task.seed,
+                params=params,
+                finetune=dict(task.finetune),
+            )
             outcome = runner.run_one(spec, env, on_eval=on_eval)
             finals.append(outcome.scores.get("val", math.nan))
             trial.set_user_attr("val_per_draw", finals)
@@ -199,14 +234,21 @@ def run_tuning(study: optuna.Study, objective: Any, trials: int) -> int:
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     remaining = trials - len(study.get_trials(deepcopy=False, states=finished))
     if remaining > 0:
-        study.optimize(objective, n_trials=remaining, catch=(TrainingDiverged,),
-                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)])
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            catch=(TrainingDiverged,),
+            callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
+        )
     return max(remaining, 0)
 
 
 # --- Best parameters -----------------------------------------------------------------------------
 
-def save_best(study: optuna.Study, task: TuneTask, path: Path, storage_shown: str) -> dict[str, Any]:
+
+def save_best(
+    study: optuna.Study, task: TuneTask, path: Path, storage_shown: str
+) -> dict[str, Any]:
     """Write the best trial's parameters (merged over the fixed ones) to ``path``; return them."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
@@ -215,14 +257,23 @@ def save_best(study: optuna.Study, task: TuneTask, path: Path, storage_shown: st
     states = [t.state for t in study.get_trials(deepcopy=False)]
     defaults = [t for t in complete if t.user_attrs.get(LABEL) == "defaults"]
     record = {
-        "method": task.method, "dataset": task.dataset, "profile": task.profile,
-        "shots": task.shots, "draws": task.draws, "split": task.split, "seed": task.seed,
-        "init": task.init, "finetune": task.finetune,
+        "method": task.method,
+        "dataset": task.dataset,
+        "profile": task.profile,
+        "shots": task.shots,
+        "draws": task.draws,
+        "split": task.split,
+        "seed": task.seed,
+        "init": task.init,
+        "finetune": task.finetune,
         "params": {**task.params, **best.params},
         "searched": best.params,
-        "value": best.value, "metric": METRIC,
+        "value": best.value,
+        "metric": METRIC,
         "defaults_value": defaults[0].value if defaults else None,
-        "trial": best.number, "study": study.study_name, "storage": storage_shown,
+        "trial": best.number,
+        "study": study.study_name,
+        "storage": storage_shown,
         "trials": {s.name.lower(): states.count(s) for s in TrialState if states.count(s)},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -245,9 +296,15 @@ def load_tuned(path: Path) -> dict[str, Any]:
     return data
 
 
-def resolve_params(method: str, dataset: str, profile: str, params: dict[str, Any] | None = None,
-                   source: str | None = None, store_url: str | None = None,
-                   directory: Path | None = None) -> dict[str, Any]:
+def resolve_params(
+    method: str,
+    dataset: str,
+    profile: str,
+    params: dict[str, Any] | None = None,
+    source: str | None = None,
+    store_url: str | None = None,
+    directory: Path | None = None,
+) -> dict[str, Any]:
     """The method parameters a run uses: ``--param`` values over tuned ones.
 
     ``source``: None (just ``params``), ``best`` (``tuned_path(method, dataset, profile)``, written
@@ -265,14 +322,16 @@ def resolve_params(method: str, dataset: str, profile: str, params: dict[str, An
         path = tuned_path(method, dataset, profile, directory or tuned_dir(store_url))
         if not path.is_file():
             raise BenchError(
-                f"--params best: no tuned parameters for {method} on {dataset} ({profile} profile): "
-                f"{path} does not exist. Run `python -m bench tune --method {method} --dataset "
-                f"{dataset} --profile {profile}` first"
+                f"--params best: no tuned parameters for {method} on {dataset} ({profile} "
+                f"profile): {path} does not exist. Run `python -m bench tune --method {method} "
+                f"--dataset {dataset} --profile {profile}` first"
             )
     else:
         path = Path(source)
         if not path.is_file():
-            raise BenchError(f"--params {source}: no such file; use 'best' or a JSON file from `bench tune`")
+            raise BenchError(
+                f"--params {source}: no such file; use 'best' or a JSON file from `bench tune`"
+            )
     data = load_tuned(path)
     if data.get("method", method) != method:
         raise BenchError(f"{path} holds parameters for method '{data['method']}', not '{method}'")

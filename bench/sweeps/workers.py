@@ -13,6 +13,7 @@ This module imports neither torch nor the runner (the objective does).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -25,13 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
 from bench.core.errors import BenchError
 from bench.core.paths import PROJECT_ROOT
 from bench.core.urls import mask_password
-from bench.sweeps.studies import (HEARTBEAT_S, OpenedStorage, fail_stale, is_heartbeat_enabled,
-                                  load_study, open_storage)
+from bench.sweeps.studies import (
+    HEARTBEAT_S,
+    OpenedStorage,
+    fail_stale,
+    is_heartbeat_enabled,
+    load_study,
+    open_storage,
+)
 
 Objective = Callable[[optuna.Trial], float]
 
@@ -58,22 +66,25 @@ class Heartbeat:
     def __init__(self, opened: OpenedStorage, trial_id: int) -> None:
         self.storage = opened.storage
         self.trial_id = trial_id
-        self.enabled = is_heartbeat_enabled(self.storage)
+        self.enabled = isinstance(self.storage, BaseHeartbeat) and is_heartbeat_enabled(
+            self.storage
+        )
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
 
     def beat(self) -> None:
-        try:
-            self.storage.record_heartbeat(self.trial_id)  # type: ignore[attr-defined]
-        except Exception:  # a busy database must not kill the run; the next beat retries
-            pass
+        assert isinstance(self.storage, BaseHeartbeat)
+        # a busy database must not kill the run; the next beat retries
+        with contextlib.suppress(Exception):
+            self.storage.record_heartbeat(self.trial_id)
 
     def loop(self) -> None:
-        interval = self.storage.get_heartbeat_interval()  # type: ignore[attr-defined]
+        assert isinstance(self.storage, BaseHeartbeat)
+        interval = self.storage.get_heartbeat_interval()
         while not self.stop.wait(interval):
             self.beat()
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         if self.enabled:
             self.beat()
             self.thread = threading.Thread(target=self.loop, daemon=True, name="heartbeat")
@@ -94,9 +105,17 @@ class WorkerReport:
     trials: list[int] = field(default_factory=list)
 
 
-def work(study: optuna.Study, opened: OpenedStorage, objective: Objective, *, wait: bool = True,
-         poll: float = 5.0, max_trials: int | None = None, max_failures_in_a_row: int = 3,
-         log: Callable[[str], None] = print) -> WorkerReport:
+def work(
+    study: optuna.Study,
+    opened: OpenedStorage,
+    objective: Objective,
+    *,
+    wait: bool = True,
+    poll: float = 5.0,
+    max_trials: int | None = None,
+    max_failures_in_a_row: int = 3,
+    log: Callable[[str], None] = print,
+) -> WorkerReport:
     """Run waiting trials until none is left (and, with ``wait``, none is running elsewhere).
 
     Each trial's outcome is told to the study: its value (COMPLETE), PRUNED on TrialPruned, FAIL
@@ -114,7 +133,9 @@ def work(study: optuna.Study, opened: OpenedStorage, objective: Objective, *, wa
         fail_stale(study)
         trial = claim(study, opened)
         if trial is None:
-            if wait and study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+            if wait and study.get_trials(
+                deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)
+            ):
                 time.sleep(poll)
                 continue
             break
@@ -140,8 +161,10 @@ def work(study: optuna.Study, opened: OpenedStorage, objective: Objective, *, wa
                 _tell(study, trial, TrialState.FAIL, None, f"{type(exc).__name__}: {exc}")
                 report.failed += 1
                 in_a_row += 1
-                log(f"[{me}] trial {trial.number} failed ({time.time() - started:.0f} s): "
-                    f"{type(exc).__name__}: {exc}")
+                log(
+                    f"[{me}] trial {trial.number} failed ({time.time() - started:.0f} s): "
+                    f"{type(exc).__name__}: {exc}"
+                )
                 continue
             _tell(study, trial, state, value, None)
         in_a_row = 0
@@ -150,12 +173,20 @@ def work(study: optuna.Study, opened: OpenedStorage, objective: Objective, *, wa
             log(f"[{me}] trial {trial.number} pruned ({time.time() - started:.0f} s)")
         else:
             report.completed += 1
-            log(f"[{me}] trial {trial.number} done: value {value:.4f} ({time.time() - started:.0f} s)")
+            log(
+                f"[{me}] trial {trial.number} done: value {value:.4f} "
+                f"({time.time() - started:.0f} s)"
+            )
     return report
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None,
-          error: str | None) -> None:
+def _tell(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    state: TrialState,
+    value: float | None,
+    error: str | None,
+) -> None:
     try:
         if error is not None:
             trial.set_user_attr("error", error[-2000:])
@@ -169,6 +200,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: fl
 
 # --- Starting workers ------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class LocalWorker:
     """One local worker process: extra environment (GPU pinning) and the --device it gets."""
@@ -177,8 +209,9 @@ class LocalWorker:
     device: str
 
 
-def plan_local_workers(workers: int | None, per_gpu: int, device: str,
-                       gpus: list[str], cpus: int | None = None) -> list[LocalWorker]:
+def plan_local_workers(
+    workers: int | None, per_gpu: int, device: str, gpus: list[str], cpus: int | None = None
+) -> list[LocalWorker]:
     """One worker per GPU (× ``per_gpu``), each pinned with CUDA_VISIBLE_DEVICES, when ``device``
     is auto/cuda and GPUs exist; else ``workers`` (default 1) on ``device``. An explicit
     ``workers`` count is spread round-robin over the GPUs. Several CPU workers share the ``cpus``
@@ -190,7 +223,9 @@ def plan_local_workers(workers: int | None, per_gpu: int, device: str,
         raise BenchError("--workers-per-gpu must be ≥ 1")
     if gpus and device in ("auto", "cuda"):
         count = len(gpus) * per_gpu if workers is None else workers
-        return [LocalWorker({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]}, "cuda") for i in range(count)]
+        return [
+            LocalWorker({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]}, "cuda") for i in range(count)
+        ]
     count = 1 if workers is None else workers
     env = {}
     if count > 1 and "OMP_NUM_THREADS" not in os.environ:
@@ -229,10 +264,26 @@ class WorkerOptions:
     def argv(self, masked: bool = False) -> list[str]:
         """``bench worker`` arguments for these options (passwords hidden with ``masked``)."""
         shown = mask_password if masked else (lambda url: url)
-        args = ["--storage", shown(self.storage), "--name", self.name, "--store", shown(self.store),
-                "--device", self.device, "--compile", self.compile, "--heartbeat", str(self.heartbeat)]
-        for flag, value in (("--grace", self.grace), ("--data-root", self.data_root),
-                            ("--cache-dir", self.cache_dir), ("--max-trials", self.max_trials)):
+        args = [
+            "--storage",
+            shown(self.storage),
+            "--name",
+            self.name,
+            "--store",
+            shown(self.store),
+            "--device",
+            self.device,
+            "--compile",
+            self.compile,
+            "--heartbeat",
+            str(self.heartbeat),
+        ]
+        for flag, value in (
+            ("--grace", self.grace),
+            ("--data-root", self.data_root),
+            ("--cache-dir", self.cache_dir),
+            ("--max-trials", self.max_trials),
+        ):
             if value is not None:
                 args += [flag, str(value)]
         return args + ([] if self.wait else ["--no-wait"])
@@ -242,14 +293,17 @@ def worker_command(opts: WorkerOptions) -> list[str]:
     return [sys.executable, "-m", "bench", "worker", *opts.argv()]
 
 
-def start_local_workers(plan: list[LocalWorker], opts: WorkerOptions,
-                        log_dir: Path) -> list[tuple[subprocess.Popen, Path]]:
+def start_local_workers(
+    plan: list[LocalWorker], opts: WorkerOptions, log_dir: Path
+) -> list[tuple[subprocess.Popen, Path]]:
     """Start ``python -m bench worker`` processes; each one's output goes to its log file."""
     log_dir.mkdir(parents=True, exist_ok=True)
     started = []
     for i, w in enumerate(plan):
         env = {**os.environ, **w.env, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p
+        )
         log_path = log_dir / f"worker-{i}.log"
         with open(log_path, "ab") as log_file:
             command = worker_command(dataclasses.replace(opts, device=w.device))
@@ -260,9 +314,15 @@ def start_local_workers(plan: list[LocalWorker], opts: WorkerOptions,
 
 # --- One worker, in this process -----------------------------------------------------------------
 
-def run_worker(study: optuna.Study, opened: OpenedStorage, opts: WorkerOptions,
-               log: Callable[[str], None] = print, warn: Callable[[str], None] = print,
-               add_hook: bool = True) -> WorkerReport:
+
+def run_worker(
+    study: optuna.Study,
+    opened: OpenedStorage,
+    opts: WorkerOptions,
+    log: Callable[[str], None] = print,
+    warn: Callable[[str], None] = print,
+    add_hook: bool = True,
+) -> WorkerReport:
     """Work on ``study`` in this process with the run environment of ``opts``."""
     from bench.runner import make_env
     from bench.sweeps.sweep import interrupted_runs_hook, sweep_objective
@@ -270,22 +330,34 @@ def run_worker(study: optuna.Study, opened: OpenedStorage, opts: WorkerOptions,
     env = make_env(opts.data_root, opts.store, opts.device, opts.cache_dir, False, opts.compile)
     recorded = study.user_attrs.get("store")
     if recorded and recorded != mask_password(opts.store):
-        warn(f"warning: the sweep stores results in {recorded}; this worker stores them in "
-             f"{mask_password(opts.store)} (pass --store to change)")
+        warn(
+            f"warning: the sweep stores results in {recorded}; this worker stores them in "
+            f"{mask_password(opts.store)} (pass --store to change)"
+        )
     if add_hook:
         assert env.store is not None
         opened.callback.hooks.append(interrupted_runs_hook(env.store))
     poll = min(5.0, float(opts.heartbeat))
-    return work(study, opened, sweep_objective(env), wait=opts.wait, poll=poll,
-                max_trials=opts.max_trials, log=log)
+    return work(
+        study,
+        opened,
+        sweep_objective(env),
+        wait=opts.wait,
+        poll=poll,
+        max_trials=opts.max_trials,
+        log=log,
+    )
 
 
-def worker_main(opts: WorkerOptions, log: Callable[[str], None] = print,
-                warn: Callable[[str], None] = print) -> WorkerReport:
+def worker_main(
+    opts: WorkerOptions, log: Callable[[str], None] = print, warn: Callable[[str], None] = print
+) -> WorkerReport:
     """Open the study and work on it until nothing is left (``bench worker``, SLURM tasks)."""
     opened = open_storage(opts.storage, opts.heartbeat, opts.grace, must_exist=True)
     study = load_study(opened, opts.name)
     report = run_worker(study, opened, opts, log, warn)
-    log(f"worker done: {report.completed} trials completed, {report.failed} failed "
-        f"(study '{opts.name}' in {opened.shown})")
+    log(
+        f"worker done: {report.completed} trials completed, {report.failed} failed "
+        f"(study '{opts.name}' in {opened.shown})"
+    )
     return report

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.core.errors import BenchError
 from bench.data.cards import CARDS_DIR, available_cards, load_card, parse_card
-from bench.data.sources import dataset_dir, load_labeled, read_list
 from bench.data.images import read_mask
 from bench.data.pool import pool_files
-from bench.core.errors import BenchError
+from bench.data.sources import dataset_dir, load_labeled, read_list
 
 REAL_CARDS = ("metaldam", "ebc1", "ebc2", "ebc3")
 SPOT_CHECKED = {  # loaded fully (decoded, cropped, merged); the rest are checked from headers
@@ -80,7 +80,7 @@ def test_real_card_matches_the_files(name: str, shared_data: Path) -> None:
     assert checked > 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mask_ids(path: Path, channel: int) -> frozenset[int]:
     """The values in a mask file (channel ``channel`` of a multi-channel mask); cached because the
     three EBC cards share their files."""
@@ -96,8 +96,13 @@ def test_real_mask_values_are_card_class_ids(name: str, shared_data: Path) -> No
     """Every mask of every split holds only ids the card knows (masks are small PNGs: fast)."""
     card = load_card(name)
     folder = dataset_dir(card, shared_data)
-    stems = {s for spec in card.splits.values()
-             for f in (spec.train, spec.test, spec.val) if f for s in read_list(folder / f)}
+    stems = {
+        s
+        for spec in card.splits.values()
+        for f in (spec.train, spec.test, spec.val)
+        if f
+        for s in read_list(folder / f)
+    }
     seen: set[int] = set()
     for stem in sorted(stems):
         ids = _mask_ids(folder / card.layout.masks.format(stem=stem), card.layout.mask_channel)
@@ -165,7 +170,9 @@ def test_ebc_pretraining_pool_is_the_training_images_only(shared_data: Path) -> 
         files = pool_files(card, shared_data)
         assert {f.stem for f in files} == set(read_list(folder / spec.train)), name
         assert len(files) == count and all(f.is_file() for f in files)
-        assert not {f.stem for f in files} & set(read_list(folder / spec.val) + read_list(folder / spec.test))
+        assert not {f.stem for f in files} & set(
+            read_list(folder / spec.val) + read_list(folder / spec.test)
+        )
     images = load_pool(load_card("ebc2"), shared_data)
     assert len(images) == 4 and all(im.dtype == np.uint8 and im.ndim == 2 for im in images)
 
@@ -174,10 +181,12 @@ def test_unlabeled_section_needs_one_source(tmp_path: Path) -> None:
     card = (CARDS_DIR / "ebc1.toml").read_text()
     bad = tmp_path / "bad.toml"
     bad.write_text(card.replace('from_split = "train"', 'from_split = "test"'))
-    with pytest.raises(BenchError, match="only \"train\" is allowed"):
+    with pytest.raises(BenchError, match='only "train" is allowed'):
         parse_card(bad)
-    bad.write_text(card.replace('from_split = "train"', 'from_split = "train"\nimages = "images/*.png"'))
-    with pytest.raises(BenchError, match="bad.toml: bad dataset card: .*exactly one of images"):
+    bad.write_text(
+        card.replace('from_split = "train"', 'from_split = "train"\nimages = "images/*.png"')
+    )
+    with pytest.raises(BenchError, match=r"bad\.toml: bad dataset card: .*exactly one of images"):
         parse_card(bad)
 
 
@@ -226,32 +235,59 @@ BAD_CARDS = {
         None,
         r"missing field 'classes'",
     ),
-    "ids_not_0_to_n": (_edit("ids = [0, 1, 2]", "ids = [1, 2, 3]"), None, r"class ids must be 0\.\.2"),
+    "ids_not_0_to_n": (
+        _edit("ids = [0, 1, 2]", "ids = [1, 2, 3]"),
+        None,
+        r"class ids must be 0\.\.2",
+    ),
     "ids_out_of_order": (_edit("ids = [0, 1, 2]", "ids = [0, 2, 1]"), None, r"class ids must be"),
     "names_length": (
         _edit('names = ["background", "oxide", "crack"]', 'names = ["background", "oxide"]'),
         None,
         r"differ in length",
     ),
-    "protocol_unknown_class": (_edit("classes = [0, 1]", "classes = [0, 5]"), None,
-                               r"protocol 'matssl-paper': class 5 is not one of the class ids"),
+    "protocol_unknown_class": (
+        _edit("classes = [0, 1]", "classes = [0, 5]"),
+        None,
+        r"protocol 'matssl-paper': class 5 is not one of the class ids",
+    ),
     "protocol_unknown_metric": (_edit('metric = "dice"', 'metric = "f1"'), None, r"metric must be"),
-    "protocol_bad_resize": (_edit("resize = [512, 512]", "resize = [512]"), None,
-                            r"resize must be \[height, width\]"),
+    "protocol_bad_resize": (
+        _edit("resize = [512, 512]", "resize = [512]"),
+        None,
+        r"resize must be \[height, width\]",
+    ),
     "unknown_variant": (BASE, "ternary", r"no variant 'ternary' \(variants: binary\)"),
-    "variant_merge_target": (_edit('[variants.binary]\nmerge = { "2" = 1 }',
-                                   '[variants.binary]\nmerge = { "2" = 7 }'),
-                             "binary", r"merge target 7"),
-    "variant_unmapped": (_edit('[variants.binary]\nmerge = { "2" = 1 }', "[variants.binary]"),
-                         "binary", r"class id\(s\) \[2\] of the card are neither merged"),
-    "split_not_a_table": (_edit("[splits]\n", '[splits]\nextra = "x"\n'), None, r"bad dataset card"),
-    "split_both_val_kinds": (_edit('val = "splits/EBC1_val.txt"',
-                                   'val = "splits/EBC1_val.txt"\nval_holdout = 2'),
-                             None, r"split 'nasa' needs exactly one of"),
-    "layout_without_stem": (_edit('images = "images/{stem}.png"', 'images = "images/x.png"'), None,
-                            r"layout.images must contain '\{stem\}'"),
-    "default_split_unknown": (_edit('default = "nasa"', 'default = "fold0"'), None,
-                              r"splits.default = 'fold0' is not a defined split"),
+    "variant_merge_target": (
+        _edit('[variants.binary]\nmerge = { "2" = 1 }', '[variants.binary]\nmerge = { "2" = 7 }'),
+        "binary",
+        r"merge target 7",
+    ),
+    "variant_unmapped": (
+        _edit('[variants.binary]\nmerge = { "2" = 1 }', "[variants.binary]"),
+        "binary",
+        r"class id\(s\) \[2\] of the card are neither merged",
+    ),
+    "split_not_a_table": (
+        _edit("[splits]\n", '[splits]\nextra = "x"\n'),
+        None,
+        r"bad dataset card",
+    ),
+    "split_both_val_kinds": (
+        _edit('val = "splits/EBC1_val.txt"', 'val = "splits/EBC1_val.txt"\nval_holdout = 2'),
+        None,
+        r"split 'nasa' needs exactly one of",
+    ),
+    "layout_without_stem": (
+        _edit('images = "images/{stem}.png"', 'images = "images/x.png"'),
+        None,
+        r"layout.images must contain '\{stem\}'",
+    ),
+    "default_split_unknown": (
+        _edit('default = "nasa"', 'default = "fold0"'),
+        None,
+        r"splits.default = 'fold0' is not a defined split",
+    ),
 }
 
 

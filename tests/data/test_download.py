@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.data.download import DownloadError, download, rebase_url, safe_extract
 from bench.core.errors import BenchError
+from bench.data.download import DownloadError, download, rebase_url, safe_extract
 from tests.helpers.http import FileServer, unused_url
 
 DATA = bytes(range(256)) * 40  # 10240 bytes

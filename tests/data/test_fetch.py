@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.core.errors import BenchError
 from bench.data.cards import DatasetCard, load_card, parse_card
 from bench.data.check import check_dataset
-from bench.core.errors import BenchError
 from bench.data.fetch import fetch_dataset
 from tests.helpers.http import FileServer
 
@@ -289,7 +289,7 @@ def test_fetch_ebc_verifies_blob_sha1_and_replacement_pixels(
     card = cards["ebc1"]
     bad = copy.deepcopy(card.fetch)
     bad["missing"]["pixels_sha256"][MISSING] = "f" * 64
-    with pytest.raises(BenchError, match="pixels_sha256: expected f{64}"):
+    with pytest.raises(BenchError, match=r"pixels_sha256: expected f{64}"):
         fetch_dataset(
             dataclasses.replace(card, fetch=bad),
             tmp_path / "data",

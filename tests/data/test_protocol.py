@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.data.cards import load_card
-from bench.data.sources import dataset_dir, read_list
 from bench.core.errors import BenchError
+from bench.data.cards import load_card
 from bench.data.protocol import draw_shots, parse_shots, partition, stable_seed
+from bench.data.sources import dataset_dir, read_list
 from tests.helpers.paths import REPO
 
 SHOTS = (1, 2, 4, 8, 16)
@@ -47,7 +47,13 @@ def test_metaldam_holdouts_differ_between_folds_and_are_pinned(shared_data: Path
     assert len({tuple(v) for v in vals.values()}) == 6
     # Pinned: stored results are only comparable while the holdout stays the same. If this fails,
     # the holdout derivation changed; bump bench.runner.PROTOCOL_VERSION.
-    assert vals[0] == ["micrograph15", "micrograph18", "micrograph21", "micrograph25", "micrograph29"]
+    assert vals[0] == [
+        "micrograph15",
+        "micrograph18",
+        "micrograph21",
+        "micrograph25",
+        "micrograph29",
+    ]
 
 
 def test_default_split_is_used_when_none_given(shared_data: Path) -> None:
@@ -165,8 +171,15 @@ print(json.dumps(out))
 
 def test_draws_are_identical_in_another_process(shared_data: Path) -> None:
     env = {**os.environ, "PYTHONHASHSEED": "12345"}  # str hashing must play no part
-    done = subprocess.run([sys.executable, "-c", _SUBPROCESS, str(shared_data)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _SUBPROCESS, str(shared_data)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     theirs = json.loads(done.stdout)
     assert set(theirs) == {"metaldam/fold0", "metaldam/fold3", "ebc1/nasa"}
     for key, value in theirs.items():

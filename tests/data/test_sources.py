@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.data.cards import CARDS_DIR, DatasetCard, load_card, parse_card
-from bench.data.sources import DATA_ROOT_ENV, load_labeled, resolve_data_root
-from bench.data.pool import load_pool
-from bench.data.images import read_gray, read_mask
 from bench.core.errors import BenchError
+from bench.data.cards import CARDS_DIR, DatasetCard, load_card, parse_card
+from bench.data.images import read_gray, read_mask
+from bench.data.pool import load_pool
 from bench.data.protocol import partition
+from bench.data.sources import DATA_ROOT_ENV, load_labeled, resolve_data_root
 
 EBC_STEM = "040617#2_S127(2)0015"  # '#', '(' and ')' in the name, as upstream
 
@@ -87,7 +87,9 @@ def test_missing_data_root_says_how_to_get_the_data(name: str, tmp_path: Path) -
 def test_missing_files_name_the_file(ebc_root) -> None:
     card, root, folder = ebc_root
     (folder / "masks" / f"{EBC_STEM}.png").unlink()
-    with pytest.raises(BenchError, match=r"mask .*masks/040617#2_S127\(2\)0015\.png does not exist"):
+    with pytest.raises(
+        BenchError, match=r"mask .*masks/040617#2_S127\(2\)0015\.png does not exist"
+    ):
         load_labeled(card, root, [EBC_STEM])
     with pytest.raises(BenchError, match=r"image .*images/other\.png does not exist"):
         load_labeled(card, root, ["other"])
@@ -103,11 +105,13 @@ def test_corrupt_image_is_one_clear_error(kind: str, metaldam_root, shared_data:
     card, root, folder = metaldam_root
     image = folder / "images" / "micrograph0.jpg"
     data = image.read_bytes()
-    image.write_bytes({
-        "garbage": bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
-        "truncated": data[: len(data) // 2],
-        "empty": b"",
-    }[kind])
+    image.write_bytes(
+        {
+            "garbage": bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
+            "truncated": data[: len(data) // 2],
+            "empty": b"",
+        }[kind]
+    )
     with pytest.raises(BenchError, match="cannot be read") as info:
         load_labeled(card, root, ["micrograph0"])
     assert str(image) in str(info.value)
@@ -141,8 +145,11 @@ def test_cropping_card_still_needs_a_mask_that_fits(shape, metaldam_root) -> Non
     """Cropping to the mask height allows a shorter mask, never a taller or narrower one."""
     card, root, folder = metaldam_root
     Image.fromarray(np.zeros(shape, np.uint8)).save(folder / "labels" / "micrograph0.png")
-    with pytest.raises(BenchError, match=r"micrograph0\.png is .* but image .*micrograph0\.jpg "
-                                         r"is 1024×768 \(the card crops images to the mask height\)"):
+    with pytest.raises(
+        BenchError,
+        match=r"micrograph0\.png is .* but image .*micrograph0\.jpg "
+        r"is 1024×768 \(the card crops images to the mask height\)",
+    ):
         load_labeled(card, root, ["micrograph0"])
 
 
@@ -181,14 +188,18 @@ def test_multichannel_mask_with_differing_channels(ebc_root) -> None:
 
 def test_mask_channel_beyond_the_mask(ebc_root) -> None:
     card, root, folder = ebc_root
-    text = card.path.read_text().replace('masks = "masks/{stem}.png"',
-                                         'masks = "masks/{stem}.png"\nmask_channel = 3')
+    text = card.path.read_text().replace(
+        'masks = "masks/{stem}.png"', 'masks = "masks/{stem}.png"\nmask_channel = 3'
+    )
     card.path.write_text(text)
     card = parse_card(card.path)
     mask_path = folder / "masks" / f"{EBC_STEM}.png"
     Image.fromarray(np.stack([_gray(mask_path)] * 3, axis=-1)).save(mask_path)
-    with pytest.raises(BenchError, match=r"has 3 channels; the card ebc1\.toml asks for "
-                                         r"layout\.mask_channel = 3"):
+    with pytest.raises(
+        BenchError,
+        match=r"has 3 channels; the card ebc1\.toml asks for "
+        r"layout\.mask_channel = 3",
+    ):
         load_labeled(card, root, [EBC_STEM])
 
 
@@ -219,13 +230,18 @@ def test_micrograph26_rgb_label_loads_as_one_channel(shared_data: Path) -> None:
     assert item.image.shape == item.mask.shape == (703, 1024)
 
 
-@pytest.mark.parametrize(("stem", "raw_shape", "rows"), [
-    ("micrograph0", (768, 1024), 703),
-    ("micrograph15", (768, 1024), 702),
-    ("micrograph19", (768, 1024), 702),
-    ("micrograph4", (960, 1280), 895),
-])
-def test_metaldam_images_are_cropped_to_the_label_height(stem, raw_shape, rows, shared_data) -> None:
+@pytest.mark.parametrize(
+    ("stem", "raw_shape", "rows"),
+    [
+        ("micrograph0", (768, 1024), 703),
+        ("micrograph15", (768, 1024), 702),
+        ("micrograph19", (768, 1024), 702),
+        ("micrograph4", (960, 1280), 895),
+    ],
+)
+def test_metaldam_images_are_cropped_to_the_label_height(
+    stem, raw_shape, rows, shared_data
+) -> None:
     card = load_card("metaldam")
     raw = _gray(shared_data / "metaldam" / "images" / f"{stem}.jpg")
     assert raw.shape == raw_shape
@@ -238,8 +254,11 @@ def test_metaldam_images_are_cropped_to_the_label_height(stem, raw_shape, rows, 
 
 def _band_rows(image: np.ndarray) -> list[int]:
     """Rows of the instrument band: almost all white (its background) or black (its frame)."""
-    return [r for r in range(image.shape[0])
-            if (image[r] > 240).mean() > 0.9 or (image[r] < 15).mean() > 0.9]
+    return [
+        r
+        for r in range(image.shape[0])
+        if (image[r] > 240).mean() > 0.9 or (image[r] < 15).mean() > 0.9
+    ]
 
 
 def test_unlabeled_images_lose_the_bottom_band(shared_data: Path) -> None:
@@ -248,7 +267,7 @@ def test_unlabeled_images_lose_the_bottom_band(shared_data: Path) -> None:
     images = load_pool(card, shared_data, limit=3)  # sorted: micrograph0, 1, 10
     names = ["micrograph0", "micrograph1", "micrograph10"]
     assert len(images) == 3
-    for name, image in zip(names, images):
+    for name, image in zip(names, images, strict=True):
         raw = _gray(shared_data / "metaldam" / "unlabeled" / f"{name}.png")
         assert _band_rows(raw), f"{name}: no band found in the raw frame"
         assert min(_band_rows(raw)) >= raw.shape[0] - 66
@@ -261,13 +280,21 @@ def test_unlabeled_images_lose_the_bottom_band(shared_data: Path) -> None:
 def test_unlabeled_pool_missing_or_empty(tmp_path: Path) -> None:
     card = _card_copy("metaldam", tmp_path)
     (tmp_path / "root" / "metaldam" / "unlabeled").mkdir(parents=True)
-    with pytest.raises(BenchError, match=r"no unlabeled images match .*unlabeled/\*\.png "
-                                         r"\(card metaldam\.toml\)"):
+    with pytest.raises(
+        BenchError,
+        match=r"no unlabeled images match .*unlabeled/\*\.png "
+        r"\(card metaldam\.toml\)",
+    ):
         load_pool(card, tmp_path / "root")
     no_pool = tmp_path / "cards" / "ebc1.toml"
-    no_pool.write_text((CARDS_DIR / "ebc1.toml").read_text().replace('[unlabeled]\nfrom_split = "train"', ""))
-    with pytest.raises(BenchError, match=r"ebc1\.toml: dataset 'ebc1' has no \[unlabeled\] pool for "
-                                         r"pretraining; add one to the card"):
+    no_pool.write_text(
+        (CARDS_DIR / "ebc1.toml").read_text().replace('[unlabeled]\nfrom_split = "train"', "")
+    )
+    with pytest.raises(
+        BenchError,
+        match=r"ebc1\.toml: dataset 'ebc1' has no \[unlabeled\] pool for "
+        r"pretraining; add one to the card",
+    ):
         load_pool(parse_card(no_pool), tmp_path / "root")
 
 
@@ -286,8 +313,9 @@ def test_data_root_resolution_order(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert resolve_data_root(None) == CARDS_DIR
 
 
-def test_data_root_from_env_is_used_for_loading(monkeypatch: pytest.MonkeyPatch,
-                                                 shared_data: Path, tmp_path: Path) -> None:
+def test_data_root_from_env_is_used_for_loading(
+    monkeypatch: pytest.MonkeyPatch, shared_data: Path, tmp_path: Path
+) -> None:
     card = load_card("ebc2")
     monkeypatch.setenv(DATA_ROOT_ENV, str(shared_data))
     assert len(partition(card, resolve_data_root(None)).pool) == 4

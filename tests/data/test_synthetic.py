@@ -33,16 +33,16 @@ def pairs() -> list[tuple[np.ndarray, np.ndarray]]:
 
 def test_same_seed_same_arrays_other_seed_other_arrays():
     a, b, c = (generate_labeled(3, 48, s) for s in (7, 7, 8))
-    for (ia, ma), (ib, mb) in zip(a, b):
+    for (ia, ma), (ib, mb) in zip(a, b, strict=True):
         assert np.array_equal(ia, ib) and np.array_equal(ma, mb)
     assert not np.array_equal(a[0][0], c[0][0])
-    for x, y in zip(generate_unlabeled(2, 48, 7), generate_unlabeled(2, 48, 7)):
+    for x, y in zip(generate_unlabeled(2, 48, 7), generate_unlabeled(2, 48, 7), strict=True):
         assert np.array_equal(x, y)
 
 
 def test_image_i_does_not_depend_on_count():
     few, many = generate_labeled(3, 40, 5), generate_labeled(6, 40, 5)
-    for (ia, ma), (ib, mb) in zip(few, many):
+    for (ia, ma), (ib, mb) in zip(few, many[: len(few)], strict=True):
         assert np.array_equal(ia, ib) and np.array_equal(ma, mb)
     assert np.array_equal(generate_unlabeled(2, 40, 5)[1], generate_unlabeled(5, 40, 5)[1])
 
@@ -64,7 +64,7 @@ def test_dtype_shape_and_range(pairs):
 
 @pytest.mark.parametrize("size", [(64, 96), (96, 64), (7, 5), 1])
 def test_any_size_works(size):
-    (image, mask), = generate_labeled(1, size, 0)
+    ((image, mask),) = generate_labeled(1, size, 0)
     expected = (size, size) if isinstance(size, int) else size
     assert image.shape == mask.shape == expected
     assert generate_unlabeled(1, size, 0)[0].shape == expected

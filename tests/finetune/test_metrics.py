@@ -10,13 +10,27 @@ import numpy as np
 import pytest
 
 from bench.data.cards import HONEST, ProtocolSpec, load_card
-from bench.finetune.metrics import ConfusionMatrix, absent_note, confusion_matrix, merge_classes, per_class_dice, per_class_iou, pixel_accuracy, protocol_score, summarize
+from bench.finetune.metrics import (
+    ConfusionMatrix,
+    absent_note,
+    confusion_matrix,
+    merge_classes,
+    per_class_dice,
+    per_class_iou,
+    pixel_accuracy,
+    protocol_score,
+    summarize,
+)
 
 # Rows = ground truth, columns = prediction.
 #            p0 p1 p2
-CM3 = np.array([[5, 1, 0],  # g0: row 6
-                [2, 3, 1],  # g1: row 6
-                [0, 1, 2]])  # g2: row 3
+CM3 = np.array(
+    [
+        [5, 1, 0],  # g0: row 6
+        [2, 3, 1],  # g1: row 6
+        [0, 1, 2],
+    ]
+)  # g2: row 3
 # columns: c0 = 7, c1 = 5, c2 = 3; total 15, trace 10.
 # class 0: TP 5, FP 7-5 = 2, FN 6-5 = 1 -> IoU 5/8,  Dice 10/13
 # class 1: TP 3, FP 5-3 = 2, FN 6-3 = 3 -> IoU 3/8,  Dice 6/11
@@ -96,10 +110,7 @@ def test_summary_by_hand():
 # --- NaN rules ------------------------------------------------------------------------------------
 
 # Class 3 is absent from prediction and ground truth.
-CM4 = np.array([[3, 1, 0, 0],
-                [1, 2, 0, 0],
-                [0, 0, 1, 0],
-                [0, 0, 0, 0]])
+CM4 = np.array([[3, 1, 0, 0], [1, 2, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
 # IoU: c0 3/(3+1+1) = 3/5, c1 2/(2+1+1) = 1/2, c2 1/1 = 1, c3 0/0 -> NaN (or 0)
 
 
@@ -167,9 +178,7 @@ def test_accumulator_honours_ignore_index():
 # --- merging --------------------------------------------------------------------------------------
 
 # EBC-like: 0 background, 1 oxide, 2 crack.
-CM_EBC = np.array([[10, 2, 1],
-                   [1, 5, 2],
-                   [2, 1, 3]])
+CM_EBC = np.array([[10, 2, 1], [1, 5, 2], [2, 1, 3]])
 # merged 2 -> 1: [[10, 2+1], [1+2, 5+2+1+3]] = [[10, 3], [3, 11]], class 2 row/col zero
 
 
@@ -189,11 +198,15 @@ def test_merge_rejects_chains_and_unknown_ids():
 # --- paper protocols from the dataset cards -------------------------------------------------------
 
 # MetalDAM-like: 0 Matrix, 1 Austenite, 2 M/A, 3 Precipitate, 4 Defect (absent).
-CM_DAM = np.array([[8, 1, 0, 1, 0],  # row 10
-                   [1, 4, 1, 0, 0],  # row 6
-                   [0, 1, 3, 0, 0],  # row 4
-                   [1, 0, 0, 1, 0],  # row 2
-                   [0, 0, 0, 0, 0]])
+CM_DAM = np.array(
+    [
+        [8, 1, 0, 1, 0],  # row 10
+        [1, 4, 1, 0, 0],  # row 6
+        [0, 1, 3, 0, 0],  # row 4
+        [1, 0, 0, 1, 0],  # row 2
+        [0, 0, 0, 0, 0],
+    ]
+)
 # columns: 10, 6, 4, 2, 0
 # IoU:  c0 8/(8+2+2) = 2/3, c1 4/(4+2+2) = 1/2, c2 3/(3+1+1) = 3/5, c3 1/(1+1+1) = 1/3, c4 0/0
 # Dice: c1 8/12 = 2/3, c2 6/8 = 3/4, c3 2/4 = 1/2, c4 0/0

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data.images import LabeledImage
-from bench.finetune.train import ShotSampler, TrainStep, TrainingDiverged
-from bench.models.segmenter import build_segmenter
 from bench.core.compile import should_compile
-from bench.profiles import get_profile
+from bench.data.images import LabeledImage
 from bench.data.synthetic import generate_labeled
+from bench.finetune.train import ShotSampler, TrainingDiverged, TrainStep
+from bench.models.segmenter import build_segmenter
+from bench.profiles import get_profile
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -30,10 +30,13 @@ def _losses(compile: str, steps: int = 3) -> list[float]:
     cfg = get_profile("smoke").finetune
     torch.manual_seed(0)
     model = build_segmenter(cfg.arch, cfg.encoder, 3)
-    shots = [LabeledImage(f"s{i}", image, mask)
-             for i, (image, mask) in enumerate(generate_labeled(2, 96, seed=3))]
-    train_step = TrainStep(model, ShotSampler(shots, cfg.crop, np.random.default_rng(0)), cfg, 3,
-                           CPU, compile)
+    shots = [
+        LabeledImage(f"s{i}", image, mask)
+        for i, (image, mask) in enumerate(generate_labeled(2, 96, seed=3))
+    ]
+    train_step = TrainStep(
+        model, ShotSampler(shots, cfg.crop, np.random.default_rng(0)), cfg, 3, CPU, compile
+    )
     assert train_step.compiled == (compile == "on")
     return [train_step(cfg.batch_size, step) for step in range(1, steps + 1)]
 
@@ -61,7 +64,12 @@ def test_a_diverging_step_names_the_step_and_the_fix() -> None:
     with torch.no_grad():
         model.segmentation_head[0].bias.fill_(float("nan"))
     image, mask = generate_labeled(1, 96, seed=1)[0]
-    train_step = TrainStep(model, ShotSampler([LabeledImage("s", image, mask)], cfg.crop,
-                                              np.random.default_rng(0)), cfg, 3, CPU)
+    train_step = TrainStep(
+        model,
+        ShotSampler([LabeledImage("s", image, mask)], cfg.crop, np.random.default_rng(0)),
+        cfg,
+        3,
+        CPU,
+    )
     with pytest.raises(TrainingDiverged, match="at step 7; try a lower --lr"):
         train_step(cfg.batch_size, 7)

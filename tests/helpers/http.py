@@ -52,7 +52,7 @@ class FileServer:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+    def do_GET(self) -> None:  # http.server's naming
         files: FileServer = self.server.files  # type: ignore[attr-defined]
         rel = unquote(urlsplit(self.path).path).lstrip("/")
         range_header = self.headers.get("Range")
@@ -85,7 +85,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:  # http.server's signature
         """Quiet."""
 
 

@@ -52,7 +52,9 @@ def import_edges(root: Path, packages: Iterable[str]) -> list[Edge]:
             for target in _targets(node, name, is_package):
                 resolved = _resolve(target, known)
                 if resolved is not None and resolved != name:
-                    edges.setdefault((name, resolved, node.lineno), Edge(name, resolved, node.lineno))
+                    edges.setdefault(
+                        (name, resolved, node.lineno), Edge(name, resolved, node.lineno)
+                    )
     return list(edges.values())
 
 
@@ -92,13 +94,14 @@ def layer_of(module: str) -> int:
 
 def upward_imports(edges: list[Edge]) -> list[Edge]:
     """Edges from a lower layer to a higher one, the allowed exceptions left out."""
-    return [e for e in edges if layer_of(e.imported) > layer_of(e.importer)
-            and not _allowed(e)]
+    return [e for e in edges if layer_of(e.imported) > layer_of(e.importer) and not _allowed(e)]
 
 
 def _allowed(edge: Edge) -> bool:
-    return any(edge.importer == src and (edge.imported == dst or edge.imported.startswith(dst + "."))
-               for src, dst in ALLOWED_UPWARD)
+    return any(
+        edge.importer == src and (edge.imported == dst or edge.imported.startswith(dst + "."))
+        for src, dst in ALLOWED_UPWARD
+    )
 
 
 def cycles(edges: list[Edge]) -> list[list[str]]:

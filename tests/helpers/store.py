@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.results.store import MetricRow, NewRun, ResultStore
 from bench.core.provenance import config_hash
+from bench.results.store import MetricRow, NewRun, ResultStore
 
 PROTOCOLS = ("honest", "pscl-paper")
 
@@ -29,25 +29,52 @@ def add_run(
     protocols: tuple[str, ...] = PROTOCOLS,
 ) -> int:
     """One succeeded run: ``score`` for every protocol (validation-selected), oracle = +gain."""
-    config = {"method": method, "dataset": dataset, "split": split, "shots": shots, "draw": draw,
-              "seed": seed, "profile": profile, "init": "random", "params": params or {},
-              "finetune": {"steps": 4}, "pretrain": None}
+    config = {
+        "method": method,
+        "dataset": dataset,
+        "split": split,
+        "shots": shots,
+        "draw": draw,
+        "seed": seed,
+        "profile": profile,
+        "init": "random",
+        "params": params or {},
+        "finetune": {"steps": 4},
+        "pretrain": None,
+    }
     n_shots = 8 if shots == "all" else int(shots)
-    run_id = store.start_run(NewRun(
-        config_hash=config_hash(config), method=method, dataset=dataset, split=split,
-        shots=n_shots, shots_label=shots, draw=draw, seed=seed, profile=profile, init="random",
-        encoder="resnet18", arch="unet", config=config, images=[f"train_{draw:03d}"],
-        device="cpu", versions={"python": "3.11", "torch": "2.5.0"}, git_commit="abc1234",
-        host="testhost",
-    ))
+    run_id = store.start_run(
+        NewRun(
+            config_hash=config_hash(config),
+            method=method,
+            dataset=dataset,
+            split=split,
+            shots=n_shots,
+            shots_label=shots,
+            draw=draw,
+            seed=seed,
+            profile=profile,
+            init="random",
+            encoder="resnet18",
+            arch="unet",
+            config=config,
+            images=[f"train_{draw:03d}"],
+            device="cpu",
+            versions={"python": "3.11", "torch": "2.5.0"},
+            git_commit="abc1234",
+            host="testhost",
+        )
+    )
     iou = iou if iou is not None else (score + 0.1, score, score - 0.1)
     rows: list[MetricRow] = []
     for protocol in protocols:
         for selection, value in (("val", score), ("oracle", score + oracle_gain)):
-            rows += [MetricRow(protocol, selection, "test", "score", value),
-                     MetricRow(protocol, selection, "test", "miou", value),
-                     MetricRow(protocol, selection, "test", "mdice_fg", value + 0.05),
-                     MetricRow(protocol, selection, "test", "step", 4.0)]
+            rows += [
+                MetricRow(protocol, selection, "test", "score", value),
+                MetricRow(protocol, selection, "test", "miou", value),
+                MetricRow(protocol, selection, "test", "mdice_fg", value + 0.05),
+                MetricRow(protocol, selection, "test", "step", 4.0),
+            ]
             rows += [MetricRow(protocol, selection, "test", "iou", v, c) for c, v in enumerate(iou)]
         rows.append(MetricRow(protocol, "val", "val", "score", score - 0.01))
     store.finish_run(run_id, rows, {"selected_step": 4, "losses": [1.0, 0.5], **(summary or {})})

@@ -9,11 +9,11 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 
-from bench.ssl.augment import ImagePool
 from bench.data.cards import load_card
 from bench.data.pool import load_pool
-from bench.ssl.method import EncoderContext
+from bench.ssl.augment import ImagePool
 from bench.ssl.engine import build_optimizer
+from bench.ssl.method import EncoderContext
 from bench.ssl.registry import get_method
 from methods.byol import BYOL, BYOLModel, target_momentum
 
@@ -30,8 +30,7 @@ def build(tmp_path: Path, **params) -> tuple[BYOLModel, torch.optim.Optimizer]:
     card = load_card("synthetic")
     ctx = EncoderContext(card, Path("."), "resnet18", "random", "smoke", 0, CPU, tmp_path)
     method = BYOL(params)
-    cfg = dataclasses.replace(method.engine_config("smoke"), lr=0.05, batch_size=8,
-                              view_size=48)
+    cfg = dataclasses.replace(method.engine_config("smoke"), lr=0.05, batch_size=8, view_size=48)
     torch.manual_seed(0)
     encoder = smp.encoders.get_encoder("resnet18", weights=None)
     model = method.build_model(encoder, ctx, cfg)
@@ -39,8 +38,9 @@ def build(tmp_path: Path, **params) -> tuple[BYOLModel, torch.optim.Optimizer]:
     return model, build_optimizer(cfg, model)
 
 
-def step(model: BYOLModel, optimizer, pool: ImagePool, index: torch.Tensor, seed: int,
-         progress: float) -> float:
+def step(
+    model: BYOLModel, optimizer, pool: ImagePool, index: torch.Tensor, seed: int, progress: float
+) -> float:
     loss = model.training_loss(pool, index, torch.Generator().manual_seed(seed))
     optimizer.zero_grad()
     loss.backward()
@@ -65,8 +65,7 @@ def test_momentum_schedule():
 def test_loss_falls_on_a_fixed_batch(pool, tmp_path):
     model, optimizer = build(tmp_path)
     index = torch.arange(8)
-    losses = [step(model, optimizer, pool, index, seed=0, progress=(i + 1) / 10)
-              for i in range(10)]
+    losses = [step(model, optimizer, pool, index, seed=0, progress=(i + 1) / 10) for i in range(10)]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 0.1, losses
 

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 import methods.densecl as densecl
-from bench.ssl.augment import ImagePool
+from bench.core.errors import BenchError
 from bench.data.cards import load_card
 from bench.data.pool import load_pool
-from bench.core.errors import BenchError
-from bench.ssl.method import EncoderContext
+from bench.ssl.augment import ImagePool
 from bench.ssl.engine import build_optimizer
+from bench.ssl.method import EncoderContext
 from bench.ssl.registry import get_method
 from methods.densecl import DenseCL, DenseCLModel, dense_info_nce, match_cells
 
@@ -29,8 +29,9 @@ def pool() -> ImagePool:
     return ImagePool(load_pool(card, Path(".")), CPU)
 
 
-def build(tmp_path: Path, profile: str = "smoke",
-          **params) -> tuple[DenseCLModel, torch.optim.Optimizer]:
+def build(
+    tmp_path: Path, profile: str = "smoke", **params
+) -> tuple[DenseCLModel, torch.optim.Optimizer]:
     card = load_card("synthetic")
     ctx = EncoderContext(card, Path("."), "resnet18", "random", profile, 0, CPU, tmp_path)
     method = DenseCL(params)
@@ -103,7 +104,7 @@ def test_queues_keep_size_and_normalisation(pool, tmp_path, monkeypatch):
     monkeypatch.setattr(densecl, "make_views", recording_views)
     gen = torch.Generator().manual_seed(0)
     initial = {k: b.bank.clone() for k, b in banks.items()}
-    for k, b in banks.items():
+    for b in banks.values():
         assert b.bank.shape == (16, 128) and int(b.bank_ptr) == 0
         torch.testing.assert_close(b.bank.norm(dim=1), torch.ones(16))
 
@@ -173,7 +174,8 @@ def test_key_network_is_a_momentum_copy(pool, tmp_path):
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert not {id(p) for p in model.key_encoder.parameters()} & trained
     assert {k for k in model.state_dict() if k.startswith("encoder.")} == {
-        f"encoder.{k}" for k in model.encoder.state_dict()}
+        f"encoder.{k}" for k in model.encoder.state_dict()
+    }
 
 
 def test_queue_size_follows_the_profile(tmp_path):

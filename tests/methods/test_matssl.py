@@ -13,7 +13,9 @@ from tests.helpers.ssl import synthetic_context, synthetic_pool, train_losses
 def _model(tmp_path, encoder="resnet50", **params) -> MatSSLModel:
     method = get_method("matssl")(params)
     ctx = synthetic_context(tmp_path, encoder=encoder)
-    return method.build_model(get_encoder(encoder, weights=None), ctx, method.engine_config("smoke"))
+    return method.build_model(
+        get_encoder(encoder, weights=None), ctx, method.engine_config("smoke")
+    )
 
 
 def test_gates_per_stage_with_resnet50_sizes_initialised_to_one(tmp_path):

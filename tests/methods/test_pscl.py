@@ -11,17 +11,26 @@ import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.encoders import get_encoder
 
-from bench.ssl.augment import ImagePool
+from bench.core.errors import BenchError
 from bench.data.cards import load_card
 from bench.data.images import LabeledImage
-from bench.data.sources import load_labeled
 from bench.data.pool import load_pool
-from bench.core.errors import BenchError
+from bench.data.sources import load_labeled
+from bench.data.synthetic import generate_labeled
+from bench.ssl.augment import ImagePool
 from bench.ssl.method import EncoderContext
 from bench.ssl.registry import get_method
-from bench.data.synthetic import generate_labeled
-from methods.pscl import (PSCLModel, PSCLParams, SubView, cell_fractions, correspond,
-                          match_templates, negative_mask, patch_contrast, sample_labeled)
+from methods.pscl import (
+    PSCLModel,
+    PSCLParams,
+    SubView,
+    cell_fractions,
+    correspond,
+    match_templates,
+    negative_mask,
+    patch_contrast,
+    sample_labeled,
+)
 
 CPU = torch.device("cpu")
 
@@ -51,8 +60,12 @@ def pool(card):
 
 
 def subview(sub=(0.0, 0.0, 1.0, 1.0), hflip=False, vflip=False, rot=0) -> SubView:
-    return SubView(torch.tensor([sub], dtype=torch.float32), torch.tensor([hflip]),
-                   torch.tensor([vflip]), torch.tensor([rot]))
+    return SubView(
+        torch.tensor([sub], dtype=torch.float32),
+        torch.tensor([hflip]),
+        torch.tensor([vflip]),
+        torch.tensor([rot]),
+    )
 
 
 def model_for(shots, num_classes, view_size=64, **params) -> PSCLModel:
@@ -62,6 +75,7 @@ def model_for(shots, num_classes, view_size=64, **params) -> PSCLModel:
 
 
 # ---------------------------------------------------------------------------------------- geometry
+
 
 def test_correspond_hand_checked_cases():
     def idx(view, grid):
@@ -77,8 +91,12 @@ def test_correspond_hand_checked_cases():
     assert idx(subview(rot=3), 2) == [2, 0, 3, 1]
     # bottom-right quarter of view 1 on a 4×4 grid: view-2 rows/cols 0,1,2,3 → view-1 2,2,3,3
     index, keep = correspond(subview((0.5, 0.5, 0.5, 0.5)), 4)
-    assert index[0].view(4, 4).tolist() == [[10, 10, 11, 11], [10, 10, 11, 11],
-                                            [14, 14, 15, 15], [14, 14, 15, 15]]
+    assert index[0].view(4, 4).tolist() == [
+        [10, 10, 11, 11],
+        [10, 10, 11, 11],
+        [14, 14, 15, 15],
+        [14, 14, 15, 15],
+    ]
     # one view-2 cell per view-1 cell (equidistant ties → the lower index)
     assert torch.nonzero(keep[0]).flatten().tolist() == [0, 2, 8, 10]
     # top-left quarter, then h-flip: view-2 (r, c) → crop (r, 3-c) → view-1 (r//2, (3-c)//2)
@@ -96,7 +114,7 @@ def test_views_agree_with_correspond(card, shot):
     model = model_for([LabeledImage("ramp", ramp.T.copy(), shot.mask)], 3, jitter=0.0)
     generator = torch.Generator().manual_seed(3)
     index = torch.tensor([0, 1, 0, 1, 0, 1])
-    x1, x2, shots, box2, view = model.make_views(pool, index, generator)
+    x1, x2, _shots, box2, view = model.make_views(pool, index, generator)
     assert not torch.equal(view.rot90, torch.zeros_like(view.rot90))  # geometry is exercised
     grid = 16
     v1 = F.avg_pool2d(x1[:, :1], 64 // grid).flatten(1)
@@ -112,6 +130,7 @@ def test_views_agree_with_correspond(card, shot):
 
 # ---------------------------------------------------------------------------------------- sampling
 
+
 def _block_fractions(mask: np.ndarray, grid: int, num_classes: int) -> np.ndarray:
     cell = mask.shape[0] // grid
     blocks = mask.reshape(grid, cell, grid, cell).transpose(0, 2, 1, 3).reshape(grid, grid, -1)
@@ -126,8 +145,9 @@ def test_labeled_sampler_against_mask(shot, rot):
     frac = cell_fractions(masks, 3, box, subview(rot=rot), grid)
     truth = np.rot90(_block_fractions(mask, grid, 3), rot, axes=(1, 2)).reshape(3, -1)
     assert np.allclose(frac[0].numpy(), truth, atol=1e-5)
-    img, cell, cls, present = sample_labeled(frac, torch.ones(1, grid * grid, dtype=torch.bool),
-                                             k, 0.5, torch.Generator().manual_seed(0))
+    img, cell, cls, present = sample_labeled(
+        frac, torch.ones(1, grid * grid, dtype=torch.bool), k, 0.5, torch.Generator().manual_seed(0)
+    )
     assert (img == 0).all() and len(set(cell.tolist())) == len(cell)
     eligible = (truth >= 0.5).sum(1)
     assert present.tolist() == [bool(n >= k) for n in eligible]
@@ -144,8 +164,9 @@ def test_sampler_skips_rare_class_and_never_reuses_cells():
     frac[0, :2, 5] = 0.5
     frac[0, 2, 10:12] = 1.0
     for seed in range(5):
-        img, cell, cls, present = sample_labeled(frac, torch.ones(1, 12, dtype=torch.bool), 4, 0.5,
-                                                 torch.Generator().manual_seed(seed))
+        _img, cell, cls, present = sample_labeled(
+            frac, torch.ones(1, 12, dtype=torch.bool), 4, 0.5, torch.Generator().manual_seed(seed)
+        )
         assert present.tolist() == [True, True, False]
         assert (cls == 0).sum() == 4 and (cls == 1).sum() == 4 and len(cls) == 8
         assert len(set(cell.tolist())) == 8
@@ -196,6 +217,7 @@ def test_matching_random_properties():
 
 # ---------------------------------------------------------------------------------------- loss
 
+
 def test_negative_mask_excludes_same_class_cells():
     cls = torch.tensor([0, 0, 1, 2, 1])
     p = len(cls)
@@ -220,12 +242,13 @@ def test_patch_contrast_matches_explicit_formula():
     for i in range(10):
         pos = (i + 5) % 10
         negs = [j for j in range(10) if both[j] != both[i]]
-        terms = [math.exp(float(z[i] @ z[j]) / 0.5) for j in [pos] + negs]
+        terms = [math.exp(float(z[i] @ z[j]) / 0.5) for j in [pos, *negs]]
         total += -math.log(terms[0] / sum(terms))
     assert math.isclose(float(patch_contrast(q, k, cls, 0.5)), total / 10, rel_tol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------- training
+
 
 def test_loss_falls(shot, pool):
     model = model_for([shot], 3)
@@ -275,9 +298,18 @@ def test_five_classes_with_one_too_rare(pool):
 def test_method_registration_and_checks(card, shot):
     method = get_method("pscl")()
     assert method.uses_labels
-    ctx = EncoderContext(card=card, data_root=Path("."), encoder="resnet18", init="random",
-                         profile="smoke", seed=0, device=CPU, cache_dir=Path("/tmp"),
-                         shots=[shot], draw=2)
+    ctx = EncoderContext(
+        card=card,
+        data_root=Path("."),
+        encoder="resnet18",
+        init="random",
+        profile="smoke",
+        seed=0,
+        device=CPU,
+        cache_dir=Path("/tmp"),
+        shots=[shot],
+        draw=2,
+    )
     config = method.pretrain_config(ctx)
     assert config["shots"] == ["train_000"] and config["draw"] == 2
     cfg = method.engine_config("smoke")

@@ -8,7 +8,9 @@ from tests.helpers.ssl import synthetic_context, train_losses
 
 def test_loss_falls(tmp_path):
     method = get_method("simclr")()
-    losses = train_losses(method, synthetic_context(tmp_path), method.engine_config("smoke"), steps=30)
+    losses = train_losses(
+        method, synthetic_context(tmp_path), method.engine_config("smoke"), steps=30
+    )
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.1, losses
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torchvision
 
-from bench.models import imagenet as weights
 from bench.core.errors import BenchError
+from bench.models import imagenet as weights
 from tests.helpers.http import FileServer, unused_url
 
 CONTENT = b"not really a checkpoint"

@@ -12,27 +12,59 @@ import pytest
 import torch
 from segmentation_models_pytorch.encoders import get_encoder
 
-from bench.perf import run as perf_run
-from bench.perf.record import output_path
-from bench.perf.sizes import PerfSizes, sizes_for
 from bench.data.cards import load_card
 from bench.data.pool import pool_files
+from bench.perf import run as perf_run
+from bench.perf.record import output_path
+from bench.perf.seedloop import seed_loop_view_passes_per_s
+from bench.perf.sizes import PerfSizes, sizes_for
 from bench.ssl.engine import compile_target, compiled_step
 from bench.ssl.registry import all_methods, get_method
-from bench.perf.seedloop import seed_loop_view_passes_per_s
 from tests.helpers.ssl import synthetic_context, synthetic_pool
 
 TINY = PerfSizes(
-    ssl_encoder="resnet18", batch=4, view_size=32, warmup=1, steps=1, pool_images=8, seed_workers=1,
-    ceiling_batch=2, ceiling_size=32, ceiling_warmup=1, ceiling_steps=1,
-    ft_arch="unet", ft_encoder="resnet18", ft_crop=64, ft_max_batch=8, ft_shots=(1, 4, 16),
-    ft_warmup=1, ft_steps=1,
-    agg_procs=(1,), agg_size=64, agg_val_images=2, agg_warmup=1, agg_seconds=0.1,
+    ssl_encoder="resnet18",
+    batch=4,
+    view_size=32,
+    warmup=1,
+    steps=1,
+    pool_images=8,
+    seed_workers=1,
+    ceiling_batch=2,
+    ceiling_size=32,
+    ceiling_warmup=1,
+    ceiling_steps=1,
+    ft_arch="unet",
+    ft_encoder="resnet18",
+    ft_crop=64,
+    ft_max_batch=8,
+    ft_shots=(1, 4, 16),
+    ft_warmup=1,
+    ft_steps=1,
+    agg_procs=(1,),
+    agg_size=64,
+    agg_val_images=2,
+    agg_warmup=1,
+    agg_seconds=0.1,
 )
 
-REQUIRED = ("device", "torch", "date", "profile", "command", "batch", "view_size", "steps",
-            "ceiling_imgs_per_s", "ceiling", "methods", "seed_loop_view_passes_per_s",
-            "finetune_steps_per_s", "finetune_epochs_per_s_aggregate", "ratios")
+REQUIRED = (
+    "device",
+    "torch",
+    "date",
+    "profile",
+    "command",
+    "batch",
+    "view_size",
+    "steps",
+    "ceiling_imgs_per_s",
+    "ceiling",
+    "methods",
+    "seed_loop_view_passes_per_s",
+    "finetune_steps_per_s",
+    "finetune_epochs_per_s_aggregate",
+    "ratios",
+)
 METHOD_KEYS = ("view_passes_per_s", "peak_mem_gb", "ratio_to_ceiling", "ratio_to_seed")
 
 
@@ -43,8 +75,9 @@ def _positive(value) -> bool:
 def test_a_tiny_perf_run_writes_every_key(cli, shared_data, tmp_path, monkeypatch):
     monkeypatch.setattr(perf_run, "sizes_for", lambda profile, device: TINY)
     out = tmp_path / "perf"
-    code, stdout, stderr = cli(["perf", "--device", "cpu", "--profile", "smoke",
-                                "--data-root", shared_data, "--out", out])
+    code, stdout, stderr = cli(
+        ["perf", "--device", "cpu", "--profile", "smoke", "--data-root", shared_data, "--out", out]
+    )
     assert code == 0, stderr
     files = list(out.glob("*.json"))
     assert len(files) == 1
@@ -72,8 +105,11 @@ def test_a_tiny_perf_run_writes_every_key(cli, shared_data, tmp_path, monkeypatc
     assert _positive(record["seed_loop_view_passes_per_s"])
     assert set(record["finetune_steps_per_s"]) == {"1", "4", "16"}
     assert all(_positive(v) for v in record["finetune_steps_per_s"].values())
-    assert {k: v["batch"] for k, v in record["finetune"]["per_shots"].items()} == \
-        {"1": 1, "4": 4, "16": 8}
+    assert {k: v["batch"] for k, v in record["finetune"]["per_shots"].items()} == {
+        "1": 1,
+        "4": 4,
+        "16": 8,
+    }
     assert set(record["finetune_epochs_per_s_aggregate"]) == {"1"}
     assert _positive(record["finetune_epochs_per_s_aggregate"]["1"])
     ratios = record["ratios"]
@@ -95,11 +131,10 @@ def test_sizes_and_output_names():
     assert 64 <= smoke.view_size <= 96 and smoke.batch <= 16 and smoke.agg_procs[0] == 1
     assert sizes_for("standard", torch.device("cuda")).agg_procs == (1, 4, 8)
     assert sizes_for("standard", torch.device("cuda")).ceiling_batch == 256
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown perf profile"):
         sizes_for("paper", cpu)
     record = {"device": "NVIDIA H100 80GB HBM3", "date": "2025-01-31"}
-    assert output_path(record, Path("results/perf")).name == \
-        "nvidia-h100-80gb-hbm3-2025-01-31.json"
+    assert output_path(record, Path("results/perf")).name == "nvidia-h100-80gb-hbm3-2025-01-31.json"
 
 
 # --- the engine step: --compile off, the default (auto) and on give the same loss --------------
@@ -136,11 +171,14 @@ def test_compile_on_gives_the_same_loss(tmp_path, monkeypatch, backend):
     code generation) takes ~8 s on CPU. Inductor's C++ code generation for this tiny step took
     60 s on an idle 2-core test machine with a cold cache (130 s under load, 17 s with a warm
     ``TORCHINDUCTOR_CACHE_DIR``), so on CPU it runs only when asked for; on CUDA it always runs."""
-    if backend == "inductor" and not (os.environ.get("BENCH_TEST_INDUCTOR") == "1"
-                                      or torch.cuda.is_available()):
-        pytest.skip("torch.compile with Inductor on CPU takes 1-2 min for this step on a 2-core "
-                    "machine with a cold cache (beyond this file's 60 s budget); "
-                    "set BENCH_TEST_INDUCTOR=1 to run it")
+    if backend == "inductor" and not (
+        os.environ.get("BENCH_TEST_INDUCTOR") == "1" or torch.cuda.is_available()
+    ):
+        pytest.skip(
+            "torch.compile with Inductor on CPU takes 1-2 min for this step on a 2-core "
+            "machine with a cold cache (beyond this file's 60 s budget); "
+            "set BENCH_TEST_INDUCTOR=1 to run it"
+        )
     import torch._dynamo as dynamo
 
     model, pool, index = _model_and_batch(tmp_path)
@@ -160,7 +198,15 @@ def test_compile_on_gives_the_same_loss(tmp_path, monkeypatch, backend):
 def test_the_seed_loop_runs_and_reports_a_positive_rate(shared_data):
     card = load_card("metaldam")
     files = pool_files(card, shared_data)[:4]
-    rate = seed_loop_view_passes_per_s(files, torch.device("cpu"), batch=2, size=32, warmup=1,
-                                       steps=1, workers=1, encoder="resnet18",
-                                       crop_bottom=card.unlabeled.crop_bottom)
+    rate = seed_loop_view_passes_per_s(
+        files,
+        torch.device("cpu"),
+        batch=2,
+        size=32,
+        warmup=1,
+        steps=1,
+        workers=1,
+        encoder="resnet18",
+        crop_bottom=card.unlabeled.crop_bottom,
+    )
     assert _positive(rate)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tests.helpers.store import add_run, sqlite_store
 
 from bench.reporting.leaderboard import Leaderboard, Section, build_leaderboard, write_leaderboard
 from bench.reporting.reported import load_reported
 from bench.results.frames import load_results
 from bench.results.store import ResultStore
+from tests.helpers.store import add_run, sqlite_store
 
 T_975_DF2 = 4.302652729911275  # Student t 0.975 quantile, 2 degrees of freedom (tables)
 SCRATCH = {0: 0.40, 1: 0.44, 2: 0.42}
@@ -30,8 +30,16 @@ def store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     add_run(store, "imagenet", 0.70, shots="4")
     add_run(store, "simclr", 0.75, shots="4")
     for draw, score in enumerate((0.62, 0.66)):
-        add_run(store, "simclr", score, dataset="metaldam", split="fold0", draw=draw,
-                iou=METALDAM_IOU, protocols=("honest", "matssl-paper"))
+        add_run(
+            store,
+            "simclr",
+            score,
+            dataset="metaldam",
+            split="fold0",
+            draw=draw,
+            iou=METALDAM_IOU,
+            protocols=("honest", "matssl-paper"),
+        )
     return store.url
 
 
@@ -43,8 +51,13 @@ def board(store_url: str) -> Leaderboard:
 def cell(board: Leaderboard, method: str, shots: str = "1") -> pd.Series:
     """The tidy row of a synthetic/honest score."""
     c = board.cells
-    (index,) = c.index[(c.dataset == "synthetic") & (c.protocol == "honest") & (c.method == method)
-                       & (c.shots == shots) & (c.metric == "score")]
+    (index,) = c.index[
+        (c.dataset == "synthetic")
+        & (c.protocol == "honest")
+        & (c.method == method)
+        & (c.shots == shots)
+        & (c.metric == "score")
+    ]
     return c.loc[index]
 
 
@@ -62,8 +75,14 @@ def simclr_one_shot() -> str:
 
 def test_scores_match_the_store_and_a_hand_computation(board: Leaderboard, store_url: str):
     stored = ResultStore(store_url).metrics_frame(
-        dataset="synthetic", protocol="honest", selection="val", split_part="test", metric="score",
-        shots_label="1", method="imagenet")
+        dataset="synthetic",
+        protocol="honest",
+        selection="val",
+        split_part="test",
+        metric="score",
+        shots_label="1",
+        method="imagenet",
+    )
     assert sorted(stored.value) == sorted(IMAGENET.values())
     row = cell(board, "imagenet")
     mean = (0.50 + 0.56 + 0.53) / 3
@@ -98,8 +117,13 @@ def test_tables_mark_the_best_mean_and_state_n(board: Leaderboard):
     assert scores.cells.loc["simclr", "1 shot"] == simclr_one_shot()
     assert scores.bold.loc["simclr"].all() and not scores.bold.loc["imagenet"].any()
     per_class = section(board, "metaldam", "honest").table("per_class")
-    assert list(per_class.cells.columns) == ["Matrix", "Austenite", "Martensite/Austenite",
-                                             "Precipitate", "Defect"]
+    assert list(per_class.cells.columns) == [
+        "Matrix",
+        "Austenite",
+        "Martensite/Austenite",
+        "Precipitate",
+        "Defect",
+    ]
     assert per_class.cells.loc["simclr, 1 shot", "Austenite"] == "80.0 (n=2)"
     assert per_class.cells.loc["simclr, 1 shot", "Precipitate"] == "–"  # NaN in every draw
 
@@ -132,8 +156,13 @@ def test_files_are_written(board: Leaderboard, tmp_path: Path):
     assert r"\textbf{" + simclr_one_shot().replace("±", r"$\pm$") + "}" in tex
     csv = pd.read_csv(tmp_path / "leaderboard.csv", dtype={"shots": str})
     assert len(csv) == len(board.cells)
-    assert csv[(csv.method == "imagenet") & (csv.metric == "score") & (csv.protocol == "honest")
-               & (csv.shots == "1") & (csv.dataset == "synthetic")]["mean"].item() == pytest.approx(0.53)
+    assert csv[
+        (csv.method == "imagenet")
+        & (csv.metric == "score")
+        & (csv.protocol == "honest")
+        & (csv.shots == "1")
+        & (csv.dataset == "synthetic")
+    ]["mean"].item() == pytest.approx(0.53)
 
 
 def test_variants_get_their_own_rows_and_scratch_is_the_fallback_baseline(tmp_path: Path):
@@ -146,12 +175,17 @@ def test_variants_get_their_own_rows_and_scratch_is_the_fallback_baseline(tmp_pa
     (only,) = board.sections
     assert only.baseline == "scratch"
     assert list(only.table("score").cells.index) == [
-        "scratch", "simclr (temperature=0.1)", "simclr (temperature=0.5)"]
+        "scratch",
+        "simclr (temperature=0.1)",
+        "simclr (temperature=0.5)",
+    ]
 
 
 def test_cli_writes_files_and_empty_store_exits_2(store_url: str, tmp_path: Path, cli):
     out = tmp_path / "out"
-    code, stdout, _ = cli(["leaderboard", "--store", store_url, "--dataset", "synthetic", "--out", out])
+    code, stdout, _ = cli(
+        ["leaderboard", "--store", store_url, "--dataset", "synthetic", "--out", out]
+    )
     assert code == 0 and "★" in stdout
     assert (out / "leaderboard.md").stat().st_size > 0
     empty = f"sqlite:///{tmp_path / 'empty.sqlite'}"

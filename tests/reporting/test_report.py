@@ -22,9 +22,16 @@ from bench.results.store import ResultStore
 from tests.helpers.store import add_run, sqlite_store
 
 CHROMIUM = shutil.which("chromium")
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 STEMS = ("test_000", "test_001")
 
 
@@ -43,8 +50,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> ResultStore:
         extra = {"predictions": predictions} if draw == 0 else {}
         add_run(store, "scratch", 0.40 + draw / 50, draw=draw, summary=extra)
         add_run(store, "imagenet", 0.50 + draw / 50, draw=draw)
-        add_run(store, "simclr", 0.60 + draw / 50, draw=draw,
-                summary={**extra, "pretrain_losses": [4.0, 3.1, 2.7, 2.5]})
+        add_run(
+            store,
+            "simclr",
+            0.60 + draw / 50,
+            draw=draw,
+            summary={**extra, "pretrain_losses": [4.0, 3.1, 2.7, 2.5]},
+        )
         add_run(store, "simclr", 0.70 + draw / 50, shots="4", draw=draw)
     return store
 
@@ -56,8 +68,13 @@ def plots(store: ResultStore) -> PlotSet:
 
 def test_plots_are_written_as_png_and_svg(plots: PlotSet, tmp_path: Path):
     names = {p.name for p in plots.plots}
-    assert names == {"shots_miou", "shots_mdice", "per_class_iou_synthetic_quick",
-                     "qualitative_synthetic_quick", "pretrain_losses"}
+    assert names == {
+        "shots_miou",
+        "shots_mdice",
+        "per_class_iou_synthetic_quick",
+        "qualitative_synthetic_quick",
+        "pretrain_losses",
+    }
     assert plots.notes == ()
     written = save_plots(plots, tmp_path)
     assert {p.name for p in written} == {f"{n}.{ext}" for n in names for ext in ("png", "svg")}
@@ -71,7 +88,11 @@ def test_figures_without_inputs_are_skipped_with_a_note(tmp_path: Path):
     store = sqlite_store(tmp_path)
     add_run(store, "scratch", 0.4)
     plots = build_plots(load_results(store), tmp_path)
-    assert {p.name for p in plots.plots} == {"shots_miou", "shots_mdice", "per_class_iou_synthetic_quick"}
+    assert {p.name for p in plots.plots} == {
+        "shots_miou",
+        "shots_mdice",
+        "per_class_iou_synthetic_quick",
+    }
     assert any("no stored test predictions" in note for note in plots.notes)
     assert any("pretraining losses" in note for note in plots.notes)
 
@@ -88,17 +109,33 @@ def test_report_is_self_contained(report: Path, plots: PlotSet):
     assert html.count('src="data:image/png;base64,') == len(plots.plots)
     assert not re.search(r"""(src|href)=["'](?!data:|#)""", html)  # no external resource
     assert "<link" not in html and "@import" not in html and "url(" not in html
-    for expected in ("synthetic · honest · profile quick", "Difference from baseline imagenet",
-                     "abc1234", "torch", "2.5.0", "cpu", "Configurations", "pretraining loss"):
+    for expected in (
+        "synthetic · honest · profile quick",
+        "Difference from baseline imagenet",
+        "abc1234",
+        "torch",
+        "2.5.0",
+        "cpu",
+        "Configurations",
+        "pretraining loss",
+    ):
         assert expected.lower() in html.lower(), expected
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(report: Path, plots: PlotSet, tmp_path: Path):
     dom = subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
-         report.resolve().as_uri()],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            CHROMIUM,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            report.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     body = re.search(r"<body([^>]*)>", dom)
     assert body, dom[:500]

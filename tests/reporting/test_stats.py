@@ -8,15 +8,34 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.reporting.stats import ExcludedDraw, bootstrap_mean_ci, default_baseline, estimate, paired_comparison, wilcoxon_p
+from bench.reporting.stats import (
+    ExcludedDraw,
+    bootstrap_mean_ci,
+    default_baseline,
+    estimate,
+    paired_comparison,
+    wilcoxon_p,
+)
 
 T_975_DF3 = 3.182446305284263  # Student t 0.975 quantile, 3 degrees of freedom (tables)
 
 
-def rows(method: str, values: dict[int, float], split: str = "fold0", **extra: object) -> list[dict]:
-    return [{"method": method, "dataset": "metaldam", "split": split, "shots_label": "1",
-             "draw": draw, "profile": "quick", "value": value, **extra}
-            for draw, value in values.items()]
+def rows(
+    method: str, values: dict[int, float], split: str = "fold0", **extra: object
+) -> list[dict]:
+    return [
+        {
+            "method": method,
+            "dataset": "metaldam",
+            "split": split,
+            "shots_label": "1",
+            "draw": draw,
+            "profile": "quick",
+            "value": value,
+            **extra,
+        }
+        for draw, value in values.items()
+    ]
 
 
 def test_estimate_matches_hand_computation():
@@ -41,7 +60,9 @@ def test_estimate_ignores_nan_and_has_no_spread_for_one_value():
 
 def test_paired_comparison_uses_matching_draws_only():
     frame = pd.DataFrame(
-        rows("simclr", {0: 0.60, 1: 0.62, 2: 0.57, 3: 0.66, 4: 0.70, 5: 0.99})  # draw 5: no baseline
+        rows(
+            "simclr", {0: 0.60, 1: 0.62, 2: 0.57, 3: 0.66, 4: 0.70, 5: 0.99}
+        )  # draw 5: no baseline
         + rows("imagenet", {0: 0.55, 1: 0.58, 2: 0.50, 3: 0.60, 4: 0.61, 6: 0.10})  # 6: no simclr
         + rows("imagenet", {0: 0.0}, split="fold1")  # same draw number, other split: no match
         + rows("scratch", {0: 0.3})  # neither side
@@ -61,7 +82,9 @@ def test_paired_comparison_uses_matching_draws_only():
 
 
 def test_paired_comparison_averages_replicate_seeds_of_a_draw():
-    frame = pd.DataFrame(rows("a", {0: 0.6, 1: 0.7}) + rows("a", {0: 0.8}) + rows("b", {0: 0.5, 1: 0.5}))
+    frame = pd.DataFrame(
+        rows("a", {0: 0.6, 1: 0.7}) + rows("a", {0: 0.8}) + rows("b", {0: 0.5, 1: 0.5})
+    )
     result = paired_comparison(frame, "a", "b")
     assert result.n_pairs == 2
     assert result.mean_diff == pytest.approx(((0.7 - 0.5) + (0.7 - 0.5)) / 2)

@@ -81,7 +81,9 @@ def test_nan_loss_stops_with_a_reason(tmp_path):
     method = _method(lr=1e30)
     with pytest.raises(pretrain.PretrainFailed, match="loss became"):
         pretrain.pretrain_encoder(method, synthetic_context(tmp_path))
-    assert not (pretrain.cache_folder(method, synthetic_context(tmp_path)) / pretrain.ENCODER_FILE).exists()
+    assert not (
+        pretrain.cache_folder(method, synthetic_context(tmp_path)) / pretrain.ENCODER_FILE
+    ).exists()
 
 
 def test_exported_encoder_loads_strictly_into_smp_and_changes_its_output(tmp_path):
@@ -109,8 +111,8 @@ def test_wrong_encoder_weights_are_an_error_not_a_random_init(tmp_path):
     from bench.core.errors import BenchError
 
     state = smp.encoders.get_encoder("resnet34", weights=None).state_dict()
+    cfg = get_profile("smoke").finetune
     with pytest.raises(BenchError, match="refusing to fall back"):
-        cfg = get_profile("smoke").finetune
         build_segmenter(cfg.arch, cfg.encoder, 3, state)
 
 

@@ -28,8 +28,18 @@ POSTGRES_ENV = "BENCH_TEST_POSTGRES_URL"
 
 
 def sweep_args(storage: str, name: str, *extra: object) -> list[object]:
-    return ["sweep", "--datasets", "synthetic", "--profile", "smoke", "--storage", storage,
-            "--name", name, *extra]
+    return [
+        "sweep",
+        "--datasets",
+        "synthetic",
+        "--profile",
+        "smoke",
+        "--storage",
+        storage,
+        "--name",
+        name,
+        *extra,
+    ]
 
 
 def study_trials(storage: str, name: str):
@@ -49,6 +59,7 @@ def assert_grid_stored_once(store: ResultStore, expected: set[tuple[str, str, in
 
 # --- Pure pieces -------------------------------------------------------------------------------
 
+
 def test_local_worker_plan_pins_one_worker_per_gpu() -> None:
     from bench.sweeps.workers import plan_local_workers
 
@@ -57,8 +68,9 @@ def test_local_worker_plan_pins_one_worker_per_gpu() -> None:
     assert {w.device for w in plan} == {"cuda"}
     plan = plan_local_workers(None, 2, "cuda", ["4", "5"])  # CUDA_VISIBLE_DEVICES=4,5 given
     assert [w.env["CUDA_VISIBLE_DEVICES"] for w in plan] == ["4", "5", "4", "5"]
-    assert [w.env["CUDA_VISIBLE_DEVICES"] for w in plan_local_workers(3, 1, "auto", ["0", "1"])] == \
-        ["0", "1", "0"]
+    assert [
+        w.env["CUDA_VISIBLE_DEVICES"] for w in plan_local_workers(3, 1, "auto", ["0", "1"])
+    ] == ["0", "1", "0"]
     assert [w.device for w in plan_local_workers(None, 1, "auto", [])] == ["auto"]  # no GPU: one
     assert [w.device for w in plan_local_workers(2, 1, "cpu", ["0"])] == ["cpu", "cpu"]
     assert plan_local_workers(0, 1, "auto", ["0"]) == []
@@ -68,8 +80,12 @@ def test_cpu_workers_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     from bench.sweeps.workers import plan_local_workers
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert [w.env for w in plan_local_workers(2, 1, "cpu", [], cpus=8)] == [{"OMP_NUM_THREADS": "4"}] * 2
-    assert [w.env for w in plan_local_workers(3, 1, "cpu", [], cpus=2)] == [{"OMP_NUM_THREADS": "1"}] * 3
+    assert [w.env for w in plan_local_workers(2, 1, "cpu", [], cpus=8)] == [
+        {"OMP_NUM_THREADS": "4"}
+    ] * 2
+    assert [w.env for w in plan_local_workers(3, 1, "cpu", [], cpus=2)] == [
+        {"OMP_NUM_THREADS": "1"}
+    ] * 3
     assert [w.env for w in plan_local_workers(1, 1, "cpu", [], cpus=8)] == [{}]  # runs in-process
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice wins
     assert [w.env for w in plan_local_workers(2, 1, "cpu", [], cpus=8)] == [{}, {}]
@@ -80,11 +96,18 @@ def test_default_storage_sits_beside_the_results_store(monkeypatch: pytest.Monke
     from bench.sweeps.tune import default_tune_store, tuned_dir
 
     monkeypatch.delenv("BENCH_OPTUNA_STORAGE", raising=False)
-    assert default_storage_url("sqlite:////data/run/bench.sqlite") == "sqlite:////data/run/optuna.sqlite"
-    assert default_storage_url("sqlite:///results/bench.sqlite") == "sqlite:///results/optuna.sqlite"
+    assert (
+        default_storage_url("sqlite:////data/run/bench.sqlite")
+        == "sqlite:////data/run/optuna.sqlite"
+    )
+    assert (
+        default_storage_url("sqlite:///results/bench.sqlite") == "sqlite:///results/optuna.sqlite"
+    )
     pg = "postgresql+psycopg://bench@db/bench"
     assert default_storage_url(pg) == pg  # the store's database (Optuna's tables do not clash)
-    assert default_tune_store("sqlite:////data/run/bench.sqlite") == "sqlite:////data/run/tune.sqlite"
+    assert (
+        default_tune_store("sqlite:////data/run/bench.sqlite") == "sqlite:////data/run/tune.sqlite"
+    )
     assert default_tune_store(pg) == "sqlite:///results/tune.sqlite"
     assert tuned_dir("sqlite:////data/run/bench.sqlite") == Path("/data/run/tuned")
     monkeypatch.setenv("BENCH_OPTUNA_STORAGE", "journal:///shared/sweeps.log")
@@ -93,20 +116,57 @@ def test_default_storage_sits_beside_the_results_store(monkeypatch: pytest.Monke
 
 def test_grid_skips_shots_larger_than_the_pool_and_is_stable(cli, tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'optuna.sqlite'}"
-    code, out, err = cli(sweep_args(storage, "g", "--methods", "scratch", "--shots", "1,50,all",
-                                    "--draws", "2", "--workers", "0"))
+    code, out, err = cli(
+        sweep_args(
+            storage,
+            "g",
+            "--methods",
+            "scratch",
+            "--shots",
+            "1,50,all",
+            "--draws",
+            "2",
+            "--workers",
+            "0",
+        )
+    )
     assert code == 0, err
     assert "skipping synthetic 50-shot" in err and "12 images" in err
     assert "4 grid points — 4 enqueued" in out
     labels = sorted(t.user_attrs["label"] for t in study_trials(storage, "g"))
-    assert labels == sorted(f"scratch synthetic {s}-shot draw {d} (smoke)"
-                            for s in ("1", "all") for d in (0, 1))
+    assert labels == sorted(
+        f"scratch synthetic {s}-shot draw {d} (smoke)" for s in ("1", "all") for d in (0, 1)
+    )
     # The same command again enqueues nothing; a wider grid only what is new.
-    code, out, _ = cli(sweep_args(storage, "g", "--methods", "scratch", "--shots", "1,50,all",
-                                  "--draws", "2", "--workers", "0"))
+    code, out, _ = cli(
+        sweep_args(
+            storage,
+            "g",
+            "--methods",
+            "scratch",
+            "--shots",
+            "1,50,all",
+            "--draws",
+            "2",
+            "--workers",
+            "0",
+        )
+    )
     assert code == 0 and "0 enqueued" in out and "4 already waiting or running" in out
-    code, out, _ = cli(sweep_args(storage, "g", "--methods", "scratch", "--shots", "1,2,all",
-                                  "--draws", "2", "--workers", "0"))
+    code, out, _ = cli(
+        sweep_args(
+            storage,
+            "g",
+            "--methods",
+            "scratch",
+            "--shots",
+            "1,2,all",
+            "--draws",
+            "2",
+            "--workers",
+            "0",
+        )
+    )
     assert code == 0 and "6 grid points — 2 enqueued" in out
     assert len(study_trials(storage, "g")) == 6
     code, out, _ = cli(["status", "--name", "g", "--storage", storage])
@@ -117,8 +177,18 @@ def test_grid_skips_shots_larger_than_the_pool_and_is_stable(cli, tmp_path: Path
 
 def test_param_goes_to_the_methods_that_take_it(cli, tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'optuna.sqlite'}"
-    code, out, err = cli(sweep_args(storage, "p", "--methods", "scratch,simclr", "--param",
-                                    "temperature=0.2", "--workers", "0"))
+    code, _out, err = cli(
+        sweep_args(
+            storage,
+            "p",
+            "--methods",
+            "scratch,simclr",
+            "--param",
+            "temperature=0.2",
+            "--workers",
+            "0",
+        )
+    )
     assert code == 0, err
     assert "--param temperature applies to simclr only" in err
     specs = {t.user_attrs["method"]: t.user_attrs["spec"] for t in study_trials(storage, "p")}
@@ -150,11 +220,13 @@ def test_grid_errors_are_one_line(cli, tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'optuna.sqlite'}"
     code, _, err = cli(sweep_args(storage, "e", "--methods", "scratch,nope", "--workers", "0"))
     assert code == 2 and "unknown method 'nope'" in err
-    code, _, err = cli(sweep_args(storage, "e", "--methods", "scratch", "--shots", "50",
-                                  "--workers", "0"))
+    code, _, err = cli(
+        sweep_args(storage, "e", "--methods", "scratch", "--shots", "50", "--workers", "0")
+    )
     assert code == 2 and "grid is empty" in err
-    code, _, err = cli(sweep_args(storage, "e", "--methods", "scratch", "--param", "tau=1",
-                                  "--workers", "0"))
+    code, _, err = cli(
+        sweep_args(storage, "e", "--methods", "scratch", "--param", "tau=1", "--workers", "0")
+    )
     assert code == 2 and "no parameter(s) tau" in err
     code, _, err = cli(["status", "--name", "missing", "--storage", storage])
     assert code == 2 and "no study storage at" in err and not Path(storage[10:]).exists()
@@ -183,15 +255,20 @@ def test_concurrent_workers_never_run_a_trial_twice(tmp_path: Path, kind: str) -
 
     from bench.sweeps.studies import create_study, open_storage
 
-    storage = (f"sqlite:///{tmp_path / 'race.sqlite'}" if kind == "sqlite"
-               else f"journal:///{tmp_path / 'race.log'}")
+    storage = (
+        f"sqlite:///{tmp_path / 'race.sqlite'}"
+        if kind == "sqlite"
+        else f"journal:///{tmp_path / 'race.log'}"
+    )
     study = create_study(open_storage(storage), "race")
     for i in range(40):
         study.enqueue_trial({}, user_attrs={"grid_key": str(i)})
     outs = [tmp_path / f"ran-{i}.json" for i in range(3)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, storage, str(out)], env=env)
-             for out in outs]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CLAIMER, storage, str(out)], env=env)
+        for out in outs
+    ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
     ran = Counter(key for out in outs for key in json.loads(out.read_text()))
     assert sorted(ran, key=int) == [str(i) for i in range(40)]
@@ -227,15 +304,30 @@ def test_stale_trial_is_failed_and_retried_once(tmp_path: Path) -> None:
 
 # --- End to end ----------------------------------------------------------------------------------
 
-def test_two_local_workers_store_every_grid_point_once(cli, tmp_path: Path, tmp_store_url: str) -> None:
+
+def test_two_local_workers_store_every_grid_point_once(
+    cli, tmp_path: Path, tmp_store_url: str
+) -> None:
     storage = f"sqlite:///{tmp_path / 'optuna.sqlite'}"
-    args = sweep_args(storage, "two", "--methods", "scratch,simclr", "--shots", "1,2",
-                      "--draws", "2", "--workers", "2")
+    args = sweep_args(
+        storage,
+        "two",
+        "--methods",
+        "scratch,simclr",
+        "--shots",
+        "1,2",
+        "--draws",
+        "2",
+        "--workers",
+        "2",
+    )
     code, out, err = cli(args)
     assert code == 0, out + err
     assert "8 grid points — 8 enqueued" in out and "2 local workers" in err
-    assert_grid_stored_once(ResultStore(tmp_store_url),
-                            {(m, s, d) for m in ("scratch", "simclr") for s in ("1", "2") for d in (0, 1)})
+    assert_grid_stored_once(
+        ResultStore(tmp_store_url),
+        {(m, s, d) for m in ("scratch", "simclr") for s in ("1", "2") for d in (0, 1)},
+    )
     trials = study_trials(storage, "two")
     assert len(trials) == 8 and all(t.state.name == "COMPLETE" for t in trials)
     logs = sorted((tmp_path / "store" / "logs" / "two").glob("worker-*.log"))
@@ -253,18 +345,47 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.3)
 
 
-def test_killed_worker_is_retried_and_nothing_is_duplicated(cli, tmp_path: Path,
-                                                            tmp_store_url: str) -> None:
+def test_killed_worker_is_retried_and_nothing_is_duplicated(
+    cli, tmp_path: Path, tmp_store_url: str
+) -> None:
     storage = f"sqlite:///{tmp_path / 'optuna.sqlite'}"
-    args = sweep_args(storage, "kill", "--methods", "scratch", "--shots", "1", "--draws", "2",
-                      "--heartbeat", "1", "--grace", "4")
+    args = sweep_args(
+        storage,
+        "kill",
+        "--methods",
+        "scratch",
+        "--shots",
+        "1",
+        "--draws",
+        "2",
+        "--heartbeat",
+        "1",
+        "--grace",
+        "4",
+    )
     code, out, err = cli([*args, "--workers", "0"])
     assert code == 0, err
     # A worker that stalls inside its first run (after the store marked it running)...
     env = {**os.environ, "BENCH_WORKER_STALL": "300", "PYTHONPATH": str(REPO)}
-    victim = subprocess.Popen([sys.executable, "-m", "bench", "worker", "--storage", storage,
-                               "--name", "kill", "--heartbeat", "1", "--grace", "4"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "worker",
+            "--storage",
+            storage,
+            "--name",
+            "kill",
+            "--heartbeat",
+            "1",
+            "--grace",
+            "4",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     store = ResultStore(tmp_store_url)
     try:
         wait_for(lambda: store.runs(status="running"), 120, "the victim's run to start")
@@ -286,11 +407,13 @@ def test_killed_worker_is_retried_and_nothing_is_duplicated(cli, tmp_path: Path,
 
 @pytest.fixture
 def postgres_url() -> str:
-    """A fresh database on the test PostgreSQL server (``$BENCH_TEST_POSTGRES_URL``), dropped after."""
+    """A fresh database on the PostgreSQL test server (``$BENCH_TEST_POSTGRES_URL``); dropped."""
     base = os.environ.get(POSTGRES_ENV)
     if not base:
-        pytest.skip(f"no PostgreSQL server: set {POSTGRES_ENV} (e.g. postgresql+psycopg://"
-                    "postgres@127.0.0.1:55432/postgres; .ci/run starts one)")
+        pytest.skip(
+            f"no PostgreSQL server: set {POSTGRES_ENV} (e.g. postgresql+psycopg://"
+            "postgres@127.0.0.1:55432/postgres; .ci/run starts one)"
+        )
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -308,14 +431,34 @@ def postgres_url() -> str:
 
 def test_sweep_on_postgresql_with_two_workers(cli, postgres_url: str, tmp_path: Path) -> None:
     """Study and results store both on a real PostgreSQL server, as for several machines."""
-    code, out, err = cli(["sweep", "--datasets", "synthetic", "--profile", "smoke",
-                          "--methods", "scratch,simclr", "--shots", "1", "--draws", "2",
-                          "--workers", "2", "--store", postgres_url, "--name", "pg",
-                          "--log-dir", tmp_path / "logs"])
+    code, out, err = cli(
+        [
+            "sweep",
+            "--datasets",
+            "synthetic",
+            "--profile",
+            "smoke",
+            "--methods",
+            "scratch,simclr",
+            "--shots",
+            "1",
+            "--draws",
+            "2",
+            "--workers",
+            "2",
+            "--store",
+            postgres_url,
+            "--name",
+            "pg",
+            "--log-dir",
+            tmp_path / "logs",
+        ]
+    )
     assert code == 0, out + err
     assert "4 grid points — 4 enqueued" in out
-    assert_grid_stored_once(ResultStore(postgres_url),
-                            {(m, "1", d) for m in ("scratch", "simclr") for d in (0, 1)})
+    assert_grid_stored_once(
+        ResultStore(postgres_url), {(m, "1", d) for m in ("scratch", "simclr") for d in (0, 1)}
+    )
     trials = study_trials(postgres_url, "pg")  # the default storage: the store's database
     assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 4
     assert len({t.user_attrs["worker"] for t in trials}) >= 1
@@ -326,32 +469,61 @@ def test_sweep_on_postgresql_with_two_workers(cli, postgres_url: str, tmp_path: 
 
 # --- SLURM ---------------------------------------------------------------------------------------
 
-def test_slurm_launcher_submits_a_worker_array(cli, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+
+def test_slurm_launcher_submits_a_worker_array(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No cluster: fake ``srun``/``sbatch`` on PATH; check the sbatch script and pickled task."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/sbatch-args\n'
-                                    'echo "Submitted batch job 4242"\n')
+    (bin_dir / "sbatch").write_text(
+        f'#!/bin/sh\necho "$@" > {tmp_path}/sbatch-args\necho "Submitted batch job 4242"\n'
+    )
     for tool in ("srun", "sbatch"):
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     enqueue_storage = f"sqlite:///{tmp_path / 'optuna.sqlite'}"
     folder = tmp_path / "slurm"
-    code, out, err = cli(sweep_args(enqueue_storage, "slurm-sweep", "--methods", "scratch",
-                                    "--launcher", "slurm", "--workers", "3", "--slurm-time", "90",
-                                    "--slurm-partition", "gpu", "--slurm-mem-gb", "32",
-                                    "--slurm-setup", "module load cuda", "--slurm-folder", folder))
+    code, out, err = cli(
+        sweep_args(
+            enqueue_storage,
+            "slurm-sweep",
+            "--methods",
+            "scratch",
+            "--launcher",
+            "slurm",
+            "--workers",
+            "3",
+            "--slurm-time",
+            "90",
+            "--slurm-partition",
+            "gpu",
+            "--slurm-mem-gb",
+            "32",
+            "--slurm-setup",
+            "module load cuda",
+            "--slurm-folder",
+            folder,
+        )
+    )
     assert code == 0, out + err
     assert "submitted 3 SLURM workers: job 4242" in out
     assert "SQLite" in err  # warned: nodes need a shared storage
     [script] = folder.glob("**/*_submission.sh")
     text = script.read_text()
     assert (tmp_path / "sbatch-args").read_text().strip().endswith(".sh")
-    for line in ("#SBATCH --array=0-2%3", "#SBATCH --time=90", "#SBATCH --gpus-per-node=1",
-                 "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB", "#SBATCH --partition=gpu",
-                 "#SBATCH --job-name=bench-slurm-sweep", "#SBATCH --nodes=1", "module load cuda"):
+    for line in (
+        "#SBATCH --array=0-2%3",
+        "#SBATCH --time=90",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=32GB",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --job-name=bench-slurm-sweep",
+        "#SBATCH --nodes=1",
+        "module load cuda",
+    ):
         assert line in text.splitlines(), (line, text)
     assert "srun" in text and "-m submitit.core._submit" in text
     pickles = sorted(folder.glob("**/*_submitted.pkl"))
@@ -369,7 +541,10 @@ def test_slurm_launcher_submits_a_worker_array(cli, tmp_path: Path,
 def test_slurm_parameters_without_gpus() -> None:
     from bench.sweeps.slurm import SlurmSettings, slurm_parameters
 
-    params = slurm_parameters(SlurmSettings(Path("x"), workers=5, gpus_per_task=0, cpus_per_task=4,
-                                            array_parallelism=2))
+    params = slurm_parameters(
+        SlurmSettings(Path("x"), workers=5, gpus_per_task=0, cpus_per_task=4, array_parallelism=2)
+    )
     assert "gpus_per_node" not in params
-    assert params["array_parallelism"] == 2 and params["cpus_per_task"] == 4 and params["time"] == 1440
+    assert (
+        params["array_parallelism"] == 2 and params["cpus_per_task"] == 4 and params["time"] == 1440
+    )
