@@ -1,1 +1,1 @@
-"""One module per method; each registers itself with ``bench.registry.register_method``."""
+"""One module per method; each registers itself with ``bench.ssl.registry.register_method``."""

@@ -14,10 +14,10 @@ A new image+mask dataset needs a card only. The schema (see ``datasets/metaldam.
 - ``[unlabeled]``: the SSL pool: an ``images`` glob, or ``from_split = "train"`` (the split's
   training images without labels, for datasets with no separate unlabeled set), and
   ``crop_bottom`` (rows of instrument band to remove).
-- ``[protocols.<name>]``: named metric protocols besides ``honest`` (see ``bench.metrics``).
+- ``[protocols.<name>]``: named metric protocols besides ``honest`` (``bench.finetune.metrics``).
 - ``[variants.<name>]``: alternative label sets selected as ``name:variant``: ``merge = {"2" = 1}``
   maps mask ids, with the variant's own ``classes`` and, optionally, ``protocols``.
-- ``[fetch]``: how ``bench data fetch`` obtains the upstream files (see ``bench.fetch``).
+- ``[fetch]``: how ``bench data fetch`` obtains the upstream files (see ``bench.data.fetch``).
 """
 
 from __future__ import annotations

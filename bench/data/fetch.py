@@ -18,10 +18,10 @@ A card's ``[fetch]`` table names a recipe:
   ``pixels_sha256``.
 
 ``checksums`` names a ``sha256sum``-style file of prepared files (paths relative to the dataset
-root), which ``bench.check`` verifies; it and ``manifest`` lie next to the card. ``cache`` names the
-download cache folder (default: the card name). Converted images already present are kept, so a
-second fetch (``ebc2`` after ``ebc1``: same root, same cache) downloads nothing. The result must
-pass ``check_dataset``.
+root), which ``bench.data.check`` verifies; it and ``manifest`` lie next to the card. ``cache``
+names the download cache folder (default: the card name). Converted images already present are kept,
+so a second fetch (``ebc2`` after ``ebc1``: same root, same cache) downloads nothing. The result
+must pass ``check_dataset``.
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ One run on one device measures, on the real unlabeled micrographs of a dataset c
   (``compiled_step``), optimizer (``build_optimizer``) and schedule, with the engine's per-step
   work (loss ``.item()``, backward, clip, step, ``after_step``). View-passes/s = batch ×
   ``model.views_per_sample()`` × steps / seconds.
-- ``seed_loop_view_passes_per_s``: the MatSSL seed code's loop (``bench.seedloop``: PIL + per-image
-  torchvision transforms in DataLoader workers, fp32, two forward passes) on the same images.
+- ``seed_loop_view_passes_per_s``: the MatSSL seed code's loop (``bench.perf.seedloop``: PIL +
+  per-image torchvision transforms in DataLoader workers, fp32, two forward passes) on the same
+  images.
 - ``finetune_steps_per_s``: optimizer steps/s of few-shot fine-tuning at 1, 4 and 16 shots through
   the fine-tuning step (``bench.finetune.train.TrainStep``).
 - ``finetune_epochs_per_s_aggregate``: N concurrent seed-style 1-shot fine-tunes (one process

@@ -3,9 +3,10 @@
 Per section: the protocol's score (model selected on validation) as mean ± sample std over draws
 with the best mean per column marked; the Student-t 95% CI of each mean; the oracle (best step on
 test) beside the validation-selected score and their difference (optimism); the paired comparison
-with the baseline (``bench.stats``); per-class IoU; and, in a table of their own, numbers reported
-in the literature for the same dataset and protocol (``bench.reported``). Values are stored as
-fractions and shown in % (differences in percentage points). ``cells`` holds every number, tidy.
+with the baseline (``bench.reporting.stats``); per-class IoU; and, in a table of their own,
+numbers reported in the literature for the same dataset and protocol
+(``bench.reporting.reported``). Values are stored as fractions and shown in % (differences in
+percentage points). ``cells`` holds every number, tidy.
 """
 
 from __future__ import annotations

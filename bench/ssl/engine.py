@@ -4,7 +4,7 @@
 SSL method's pretrained encoder (cached).
 
 - The unlabeled pool is decoded once into a uint8 tensor on the training device; views are cut and
-  augmented there in batches (``bench.augment``).
+  augmented there in batches (``bench.ssl.augment``).
 - Optimizer and warmup + cosine schedule from the method's engine settings; bf16 autocast and
   channels_last on CUDA; optional gradient clipping; a NaN loss stops the run (``PretrainFailed``).
 - A checkpoint is written every epoch; an interrupted pretraining resumes from it.

@@ -145,7 +145,7 @@ def build_params(params_cls: type, values: dict[str, Any], method: str) -> Any:
             converted[key] = _coerce(value, type(default))
         except (TypeError, ValueError):
             raise BenchError(
-                f"method '{method}': parameter {key}={value!r} is not a {type(default).__name__}"
+                f"method '{method}': parameter {key}={value!r} is not {_a(type(default).__name__)}"
             ) from None
     return params_cls(**converted)
 
@@ -160,3 +160,8 @@ def _coerce(value: Any, target: type) -> Any:
     if target in (int, float, str, bool):
         return target(value)
     return value
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article: "an int", "a float"."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"

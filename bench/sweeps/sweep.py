@@ -2,9 +2,9 @@
 
 Each grid point is a trial enqueued with ``study.enqueue_trial`` whose user attributes hold the
 ``RunSpec`` (``spec``), a stable ``grid_key`` (hash of the spec) and a readable ``label``. Workers
-(``bench.workers.work``) claim waiting trials; each trial is one ``run_one`` call, whose value is
-the validation score of the selected model. Re-running the same sweep enqueues only grid points
-with no trial that is waiting, running or complete (a grid point whose trials all failed is
+(``bench.sweeps.workers.work``) claim waiting trials; each trial is one ``run_one`` call, whose
+value is the validation score of the selected model. Re-running the same sweep enqueues only grid
+points with no trial that is waiting, running or complete (a grid point whose trials all failed is
 enqueued again); ``run_one`` itself skips configs that already succeeded in the results store, and
 the store never holds two successes for one config.
 """

@@ -1,4 +1,4 @@
-"""bench.check: real prepared data passes; broken copies are reported file by file."""
+"""bench.data.check: real prepared data passes; broken copies are reported file by file."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""bench.download: verified, resumable downloads from a local server; safe archive extraction."""
+"""bench.data.download: verified, resumable downloads from a local server; safe extraction."""
 
 from __future__ import annotations
 

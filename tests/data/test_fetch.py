@@ -1,4 +1,4 @@
-"""bench.fetch: tiny fake upstream releases served locally are turned into the canonical layout.
+"""bench.data.fetch: tiny fake upstream releases, served locally, become the canonical layout.
 
 The real cards are used with their real URLs (rebased onto the local server); only the checksums
 and the manifest are replaced by ones that match the fake files.

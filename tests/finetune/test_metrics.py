@@ -1,4 +1,4 @@
-"""Hand-computed checks of bench.metrics; every expected value is a fraction worked out below."""
+"""Hand-computed checks of bench.finetune.metrics; each expected value is worked out below."""
 
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from bench.core.compile import should_compile
 from bench.data.images import LabeledImage
 from bench.data.synthetic import generate_labeled
 from bench.finetune.train import ShotSampler, TrainingDiverged, TrainStep
@@ -16,14 +15,6 @@ from bench.models.segmenter import build_segmenter
 from bench.profiles import get_profile
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
-
-
-def test_compile_auto_decides_by_run_length_and_device() -> None:
-    assert not should_compile("off", "finetune", 10_000, CUDA)
-    assert should_compile("on", "finetune", 4, CPU)
-    assert should_compile("auto", "finetune", 1000, CUDA)
-    assert not should_compile("auto", "finetune", 100, CUDA)  # the warm-up would not pay off
-    assert not should_compile("auto", "finetune", 10_000, CPU)
 
 
 def _losses(compile: str, steps: int = 3) -> list[float]:

@@ -250,22 +250,6 @@ def test_patch_contrast_matches_explicit_formula():
 # ---------------------------------------------------------------------------------------- training
 
 
-def test_loss_falls(shot, pool):
-    model = model_for([shot], 3)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(12):
-        index = torch.randint(len(pool), (2,), generator=generator)
-        loss = model.training_loss(pool, index, generator)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert all(math.isfinite(v) for v in losses)
-    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.3, losses
-
-
 def test_two_classes(pool):
     image, mask = generate_labeled(1, 128, seed=0, num_classes=2)[0]
     model = model_for([LabeledImage("two", image, mask)], 2)

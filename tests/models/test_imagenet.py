@@ -1,19 +1,18 @@
-"""bench.weights: local and hub-cache lookup, verified download, offline error, smp state dict."""
+"""bench.models.imagenet: local and hub lookup, verified download, offline error, state dict."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 
 from bench.core.errors import BenchError
 from bench.models import imagenet as weights
 from tests.helpers.http import FileServer, unused_url
+from tests.helpers.weights import fake_imagenet_weights
 
 CONTENT = b"not really a checkpoint"
 PREFIX = hashlib.sha256(CONTENT).hexdigest()[:8]
@@ -125,13 +124,7 @@ def test_state_dict_without_fc_loads_strictly_into_smp_encoder(
 ) -> None:
     from segmentation_models_pytorch.encoders import get_encoder
 
-    buffer = io.BytesIO()
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), buffer)
-    data = buffer.getvalue()
-    name = f"resnet18-{hashlib.sha256(data).hexdigest()[:8]}.pth"
-    monkeypatch.setattr(weights, "TORCHVISION_WEIGHTS", {"resnet18": name})
-    (tmp_path / "w").mkdir()
-    (tmp_path / "w" / name).write_bytes(data)
+    fake_imagenet_weights(tmp_path / "w", monkeypatch)
     state = weights.load_imagenet_state_dict(
         "resnet18", weights_dir=tmp_path / "w", allow_download=False
     )

@@ -1,4 +1,4 @@
-"""bench.stats: estimates with a Student-t CI, and paired comparisons on matching draws only."""
+"""bench.reporting.stats: Student-t estimates, paired comparisons on matching draws only."""
 
 from __future__ import annotations
 
