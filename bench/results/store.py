@@ -36,6 +36,7 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     select,
     update,
 )
@@ -99,6 +100,7 @@ runs_table = Table(
     Column("device", String(255), nullable=False),
     Column("git_commit", String(64)),
     Column("host", String(255), nullable=False),
+    Column("pool", String(32), nullable=False),
     Column("summary", JSON(none_as_null=True)),
     Column("success_key", String(64), unique=True),  # = config_hash while succeeded, else NULL
 )
@@ -116,6 +118,7 @@ metrics_table = Table(
     Column("metric", String(32), nullable=False),
     Column("class_id", Integer),
     Column("value", Float),
+    Column("mode", String(16), nullable=False),
 )
 
 
@@ -142,6 +145,9 @@ class NewRun:
     images: list[str]
     device: str
     pretrain_hash: str | None = None
+    pool: str = "honest"
+    """The SSL pool mode: ``honest`` (near-duplicates of evaluation images excluded) or
+    ``transductive`` (the seeds' practice, an explicit opt-in)."""
     versions: dict[str, str | None] = field(default_factory=lambda: collect_versions())
     git_commit: str | None = field(default_factory=lambda: git_commit())
     host: str = field(default_factory=socket.gethostname)
@@ -169,13 +175,14 @@ class MetricRow:
     metric: str
     value: float
     class_id: int | None = None
+    mode: str = "finetune"  # the evaluation mode: 'finetune' (every weight) or 'probe' (frozen)
 
 
 RUN_FIELDS = tuple(f.name for f in fields(RunRecord))
 METRIC_FIELDS = tuple(f.name for f in fields(MetricRow))
 FRAME_RUN_COLUMNS = (
     "run_id", "config_hash", "method", "dataset", "split", "shots", "shots_label", "draw",
-    "profile", "init", "encoder", "arch",
+    "profile", "init", "encoder", "arch", "pool",
 )  # fmt: skip
 
 
@@ -330,6 +337,7 @@ def _connect(url: str) -> Engine:
     try:
         engine = _create_engine(url)
         metadata_obj.create_all(engine)
+        _check_schema(engine, shown)
     except ImportError as exc:
         raise BenchError(
             f"cannot open results store {shown}: database driver missing ({exc}); for PostgreSQL "
@@ -339,6 +347,20 @@ def _connect(url: str) -> Engine:
         reason = getattr(exc, "orig", None) or exc
         raise BenchError(f"cannot open results store {shown}: {reason}") from exc
     return engine
+
+
+def _check_schema(engine: Engine, shown: str) -> None:
+    """A store written by an older version lacks columns: say so instead of failing later."""
+    found = inspect(engine)
+    for table in (runs_table, metrics_table):
+        have = {c["name"] for c in found.get_columns(table.name)}
+        missing = sorted(set(table.c.keys()) - have)
+        if missing:
+            raise BenchError(
+                f"results store {shown} was written by an older microssl-bench: table "
+                f"'{table.name}' lacks column(s) {', '.join(missing)}. Use a new --store (or "
+                "move the old file aside); results are not mixed across schema versions"
+            )
 
 
 def _create_engine(url: str) -> Engine:

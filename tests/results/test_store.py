@@ -164,8 +164,8 @@ def test_metrics_frame_columns_and_filters(sqlite_store: ResultStore) -> None:
     frame = sqlite_store.metrics_frame()
     assert list(frame.columns) == [
         "run_id", "config_hash", "method", "dataset", "split", "shots", "shots_label", "draw",
-        "profile", "init", "encoder", "arch",
-        "protocol", "selection", "split_part", "metric", "value", "class_id",
+        "profile", "init", "encoder", "arch", "pool",
+        "protocol", "selection", "split_part", "metric", "value", "class_id", "mode",
     ]  # fmt: skip
     assert len(frame) == 10 and set(frame.method) == {"simclr", "byol"}
     assert str(frame.class_id.dtype) == "Int64" and str(frame.value.dtype) == "float64"
@@ -173,7 +173,7 @@ def test_metrics_frame_columns_and_filters(sqlite_store: ResultStore) -> None:
     only = sqlite_store.metrics_frame(method="byol", selection="oracle", metric=["miou", "iou"])
     assert list(only.method) == ["byol"] and list(only.selection) == ["oracle"]
     unfiltered = sqlite_store.metrics_frame(method="byol", dataset=None)  # None: no filter
-    assert unfiltered.shape == (5, 18)
+    assert unfiltered.shape == (5, 20)
     assert sqlite_store.metrics_frame(method="mae").empty
     with pytest.raises(BenchError, match="unknown filter 'colour'"):
         sqlite_store.metrics_frame(colour="red")
@@ -286,3 +286,14 @@ def test_helpers() -> None:
     assert versions["python"] and set(versions) >= {"torch", "numpy", "segmentation_models_pytorch"}
     commit = git_commit()
     assert commit is None or len(commit.removesuffix("-dirty")) == 40
+
+
+def test_a_store_of_an_older_schema_is_a_clear_error(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    ResultStore(f"sqlite:///{path}")
+    with sqlite3.connect(path) as db:  # as a version without the 'mode' column wrote it
+        db.execute("ALTER TABLE metrics DROP COLUMN mode")
+    with pytest.raises(BenchError, match=r"older microssl-bench: table 'metrics' lacks column\(s\) mode"):
+        ResultStore(f"sqlite:///{path}")
