@@ -171,9 +171,7 @@ def run_one(
     """
     assert env.store is not None, "run_one needs a results store"
     run = prepare(spec, env)
-    if env.force:
-        env.store.supersede_succeeded(run.hash)
-    else:
+    if not env.force:
         done = env.store.succeeded(run.hash)
         if done is not None:
             return RunOutcome(
@@ -226,7 +224,7 @@ def run_one(
         "seconds": {"total": time.time() - started, "encoder": pretrain_seconds},
         "absent_classes": result.selected.test["honest"].summary.absent,
     }
-    env.store.finish_run(run_id, rows, summary)
+    env.store.finish_run(run_id, rows, summary, replace=env.force)
     return RunOutcome(spec, "succeeded", run.hash, run_id, scores_of(result))
 
 

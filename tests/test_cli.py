@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -248,3 +249,79 @@ def test_ssl_on_ebc_pretrains_on_its_training_images(
     [run] = ResultStore(tmp_store_url).runs(status="succeeded")
     pool = run.config["pretrain"]["pool"]
     assert pool["dataset"] == "ebc2" and pool["files"] == 4  # EBC-2's 4 training images
+
+
+def test_an_interrupted_forced_redo_keeps_the_earlier_result(tmp_path: Path) -> None:
+    """SIGINT during ``run --force``: the earlier success stays, the redo is recorded failed."""
+    import signal
+    import time
+
+    import torch
+
+    from bench.results.store import MetricRow, NewRun
+    from bench.runner import RunEnv, RunSpec, prepare
+
+    store_url = f"sqlite:///{tmp_path / 'bench.sqlite'}"
+    spec = RunSpec(
+        method="scratch", dataset="synthetic", profile="smoke", finetune={"steps": 100_000}
+    )
+    run = prepare(spec, RunEnv(Path("."), None, torch.device("cpu"), tmp_path / "cache"))
+    store = ResultStore(store_url)
+    earlier = store.start_run(
+        NewRun(
+            config_hash=run.hash,
+            method="scratch",
+            dataset="synthetic",
+            split=run.split,
+            shots=1,
+            shots_label="1",
+            draw=0,
+            seed=0,
+            profile="smoke",
+            init="random",
+            encoder="resnet18",
+            arch="unet",
+            config=run.config,
+            images=["train_000"],
+            device="cpu",
+        )
+    )
+    store.finish_run(earlier, [MetricRow("honest", "val", "test", "score", 0.5)], {})
+    env = {
+        **os.environ,
+        "BENCH_STORE": store_url,
+        "BENCH_CACHE_DIR": str(tmp_path / "cache"),
+        "PYTHONPATH": str(REPO),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            "--method",
+            "scratch",
+            "--dataset",
+            "synthetic",
+            "--profile",
+            "smoke",
+            "--steps",
+            "100000",
+            "--force",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and len(store.runs()) < 2:
+        time.sleep(0.2)
+    assert len(store.runs()) == 2, proc.communicate(timeout=5)
+    time.sleep(1.0)  # inside fine-tuning
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "results stored so far are kept" in err
+    assert store.succeeded(run.hash).id == earlier
+    assert [r.status for r in store.runs()] == ["succeeded", "failed"]

@@ -7,7 +7,8 @@ A run's life: ``start_run`` inserts it as 'running'; ``finish_run`` writes its m
 'succeeded' in one transaction, or ``fail_run`` marks it 'failed'. At most one run per
 ``config_hash`` is 'succeeded': ``finish_run`` checks, and a unique index on ``success_key`` (set to
 the config hash only while succeeded; NULLs never collide) makes it hold under concurrent writers.
-``supersede_succeeded`` (for ``--force``) marks earlier successes 'superseded'.
+``finish_run(..., replace=True)`` (``--force``) marks the earlier success 'superseded' in the
+transaction that records the new one.
 """
 
 from __future__ import annotations
@@ -219,16 +220,27 @@ class ResultStore:
         assert key is not None
         return int(key[0])
 
-    def finish_run(self, run_id: int, metrics: list[MetricRow], summary: dict[str, Any]) -> None:
+    def finish_run(
+        self,
+        run_id: int,
+        metrics: list[MetricRow],
+        summary: dict[str, Any],
+        replace: bool = False,
+    ) -> None:
         """Write the metrics and mark the run succeeded, in one transaction.
 
-        Raises DuplicateResult (and marks this run failed) if a run with the same config hash
-        already succeeded.
+        A run with the same config hash that already succeeded makes this one fail with
+        DuplicateResult, unless ``replace`` (``--force``): then the earlier success is marked
+        'superseded' in the same transaction, so a redo that fails or is interrupted before this
+        point leaves the earlier result in place.
         """
         config_hash = self._open_run_hash(run_id)
         try:
             with self.engine.begin() as conn:
                 existing = _succeeded_id(conn, config_hash)
+                if replace and existing is not None:
+                    conn.execute(_supersede(config_hash))
+                    existing = None
                 if existing is None:
                     _write_success(conn, run_id, config_hash, metrics, summary)
                     return
@@ -293,16 +305,6 @@ class ResultStore:
         with self.engine.connect() as conn:
             frame = pd.DataFrame(conn.execute(stmt).all(), columns=shown)
         return frame.astype({"class_id": "Int64", "value": "float64"})
-
-    def supersede_succeeded(self, config_hash: str) -> int:
-        """Mark the succeeded runs of ``config_hash`` 'superseded' (for --force); count them."""
-        stmt = (
-            update(runs_table)
-            .where(runs_table.c.config_hash == config_hash, runs_table.c.status == "succeeded")
-            .values(status="superseded", success_key=None)
-        )
-        with self.engine.begin() as conn:
-            return conn.execute(stmt).rowcount
 
     def mark_stale_running(self, older_than: timedelta) -> int:
         """Mark runs started over ``older_than`` ago, still running, failed ('interrupted')."""
@@ -405,6 +407,14 @@ def _conditions(columns: dict[str, Any], filters: dict[str, Any]) -> list[Any]:
         many = isinstance(value, (list, tuple, set, frozenset))
         clauses.append(column.in_(list(value)) if many else column == value)
     return clauses
+
+
+def _supersede(config_hash: str) -> Any:
+    return (
+        update(runs_table)
+        .where(runs_table.c.config_hash == config_hash, runs_table.c.status == "succeeded")
+        .values(status="superseded", success_key=None)
+    )
 
 
 def _succeeded_id(conn: Connection, config_hash: str) -> int | None:

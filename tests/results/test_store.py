@@ -105,16 +105,19 @@ def test_second_success_for_same_config_is_a_duplicate(store: ResultStore) -> No
     assert set(everything.run_id) == {first}
 
 
-def test_supersede_succeeded_allows_a_forced_rerun(store: ResultStore) -> None:
+def test_a_forced_rerun_replaces_the_result_only_when_it_succeeds(store: ResultStore) -> None:
     record = new_run()
-    store.finish_run(store.start_run(record), metric_rows(), {})
-    assert store.supersede_succeeded(record.config_hash) == 1
-    assert store.succeeded(record.config_hash) is None
+    first = store.start_run(record)
+    store.finish_run(first, metric_rows(), {})
+    failed = store.start_run(record)  # a redo that fails keeps the earlier result
+    store.fail_run(failed, "boom")
+    assert store.succeeded(record.config_hash).id == first
 
     rerun = store.start_run(record)
-    store.finish_run(rerun, metric_rows(0.7), {})
+    assert store.succeeded(record.config_hash).id == first  # still there while the redo runs
+    store.finish_run(rerun, metric_rows(0.7), {}, replace=True)
     assert store.succeeded(record.config_hash).id == rerun
-    assert statuses(store, record.config_hash) == ["superseded", "succeeded"]
+    assert statuses(store, record.config_hash) == ["superseded", "failed", "succeeded"]
     frame = store.metrics_frame(config_hash=record.config_hash, metric="miou", selection="val")
     assert list(frame.value) == [pytest.approx(0.7)]
 
