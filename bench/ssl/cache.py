@@ -40,7 +40,12 @@ from safetensors.torch import load_file, save_file
 from bench.core.console import err_console
 from bench.core.errors import BenchError
 from bench.models.encoders import build_encoder, load_strict
-from bench.models.segmenter import PretrainedWeights, create_segmenter, load_pretrained
+from bench.models.segmenter import (
+    ARCHS,
+    PretrainedWeights,
+    create_segmenter,
+    load_pretrained,
+)
 
 ENCODER_FILE = "encoder.safetensors"
 DECODER_FILE = "decoder.safetensors"
@@ -168,6 +173,8 @@ def verify(folder: Path, expected: Expected) -> PretrainedWeights:
     files = card.get("files")
     if not isinstance(files, dict) or ENCODER_FILE not in files:
         raise BadEntry(f"{CARD_FILE} lists no {ENCODER_FILE}")
+    if DECODER_FILE in files and card.get("arch") not in ARCHS:
+        raise BadEntry(f"{CARD_FILE} lists a decoder without a known architecture")
     states = {name: _load_checked(folder / name, info) for name, info in files.items()}
     weights = PretrainedWeights(states[ENCODER_FILE], states.get(DECODER_FILE), card.get("arch"))
     _check_fit(weights, expected.encoder)
@@ -199,8 +206,8 @@ def _check_fit(weights: PretrainedWeights, encoder: str) -> None:
         if weights.decoder is None:
             load_strict(build_encoder(encoder), weights.encoder, f"{encoder} encoder")
         else:
-            model = create_segmenter(weights.arch or "", encoder, 1)
-            load_pretrained(model, weights, weights.arch or "", encoder)
+            arch = str(weights.arch)
+            load_pretrained(create_segmenter(arch, encoder, 1), weights, arch, encoder)
     except (BenchError, KeyError, ValueError) as exc:
         raise BadEntry(str(exc)) from None
 

@@ -410,4 +410,9 @@ def _card(
     }
     if weights.decoder is not None:
         card["arch"] = weights.arch
+        card["load_decoder_with"] = (
+            f"segmentation_models_pytorch.create_model('{weights.arch}', encoder_name="
+            f"'{ctx.encoder}', encoder_weights=None, classes=N).decoder.load_state_dict("
+            "safetensors.torch.load_file(decoder_path), strict=True)"
+        )
     return card

@@ -374,7 +374,8 @@ def test_pscls_exported_segmenter_loads_with_its_decoder(tmp_path, card, shot):
     """Through the engine and its cache: every exported tensor, encoder and decoder, is in the
     fine-tuning segmenter after loading; the head starts random."""
     from bench.models.segmenter import build_segmenter
-    from bench.ssl.engine import encoder_for
+    from bench.ssl.cache import DECODER_FILE, BadEntry, verify
+    from bench.ssl.engine import cache_entry, encoder_for
 
     ctx = context(card, "smoke", tmp_path, shots=[shot], arch="unet")
     outcome = encoder_for(get_method("pscl")({"network": "whole"}), ctx)
@@ -393,3 +394,8 @@ def test_pscls_exported_segmenter_loads_with_its_decoder(tmp_path, card, shot):
     assert all(torch.equal(again.weights.decoder[k], v) for k, v in weights.decoder.items())
     with pytest.raises(BenchError, match="unet decoder"):
         build_segmenter("unetplusplus", "resnet18", 3, weights)
+    entry = cache_entry(get_method("pscl")({"network": "whole"}), ctx)
+    decoder = entry.folder / DECODER_FILE
+    decoder.write_bytes(decoder.read_bytes()[:100])
+    with pytest.raises(BadEntry, match=r"decoder\.safetensors does not match the checksum"):
+        verify(entry.folder, entry.expected)

@@ -8,6 +8,7 @@ import builtins
 import io
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -23,7 +24,7 @@ from safetensors.torch import load_file, save_file
 import bench.ssl.engine as engine
 from bench.core.errors import BenchError
 from bench.ssl.cache import CARD_FILE, ENCODER_FILE, BadEntry, sha256_file, verify
-from bench.ssl.checkpoint import CHECKPOINT_FILE
+from bench.ssl.checkpoint import CHECKPOINT_FILE, BadCheckpoint, load_checkpoint
 from bench.ssl.registry import get_method
 from tests.helpers.paths import REPO
 from tests.helpers.ssl import synthetic_context
@@ -171,13 +172,31 @@ def test_a_bad_resume_checkpoint_is_refused_and_nothing_runs(
         torch.save({"step": 1, "model": {"w": torch.ones(1000)}}, checkpoint)
         _truncate(checkpoint)
     else:
-        checkpoint.write_bytes(os.urandom(4096))
+        checkpoint.write_bytes(random.Random(0).randbytes(4096))
     result = engine.pretrain_encoder(_method(), ctx)
     assert not marker.exists()
     notes = [line for line in capsys.readouterr().err.splitlines() if "resume checkpoint" in line]
     assert len(notes) == 1 and re.search(CHECKPOINTS[kind], notes[0]) and "starts over" in notes[0]
     assert not result.cached and len(result.losses) == TINY["steps"]  # trained from scratch
     verify(entry.folder, entry.expected)
+
+
+def test_any_garbage_checkpoint_is_a_bad_checkpoint(tmp_path: Path) -> None:
+    """Random bytes make torch's weights-only unpickler fail in many ways (UnpicklingError,
+    IndexError, ...): every one is a ``BadCheckpoint``, never a traceback."""
+    path = tmp_path / CHECKPOINT_FILE
+    for seed in range(40):
+        rng = random.Random(seed)
+        data = rng.randbytes(rng.randrange(1, 2048))
+        if seed % 2:  # a valid zip header with garbage behind it
+            torch.save({"step": 1}, path)
+            data = path.read_bytes()[:64] + data
+        path.write_bytes(data)
+        with pytest.raises(BadCheckpoint):
+            load_checkpoint(path)
+    torch.save({"step": 1}, path)  # a readable file that is not a pretraining checkpoint
+    with pytest.raises(BadCheckpoint, match="not a pretraining checkpoint"):
+        load_checkpoint(path)
 
 
 def tmp_path_copy(path: Path, tmp_path: Path) -> Path:
