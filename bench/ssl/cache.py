@@ -71,10 +71,10 @@ def note(message: str) -> None:
     err_console.print(message, soft_wrap=True, markup=False, highlight=False)
 
 
-def unwritable(folder: Path, exc: OSError) -> BenchError:
+def unwritable(folder: Path, exc: OSError, why: str = "") -> BenchError:
     return BenchError(
-        f"pretraining cache {folder} is not writable ({exc.strerror or exc}); point --cache-dir "
-        "or $BENCH_CACHE_DIR at a writable folder"
+        f"pretraining cache {folder} is not writable ({exc.strerror or exc}){why}; point "
+        "--cache-dir or $BENCH_CACHE_DIR at a writable folder"
     )
 
 
@@ -96,14 +96,16 @@ class CacheEntry:
         return json.loads((self.folder / CARD_FILE).read_text())
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the entry's lock (creating the cache folders); unwritable: BenchError."""
+    def locked(self, bad: str | None = None) -> Iterator[None]:
+        """Hold the entry's lock (creating the cache folders); unwritable: BenchError, which says
+        the entry is ``bad`` when that is why it must be written."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             lock = FileLock(str(self.root / f"{self.name}.lock"))
             lock.acquire()
         except OSError as exc:
-            raise unwritable(self.root, exc) from None
+            why = f" to replace the bad entry {self.folder} ({bad})" if bad else ""
+            raise unwritable(self.root, exc, why) from None
         try:
             yield
         finally:

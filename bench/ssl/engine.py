@@ -125,13 +125,14 @@ def pretrain_encoder(method: SSLMethod, ctx: EncoderContext) -> PretrainResult:
     A complete valid entry is read without the lock; otherwise the lock is taken, a bad entry moved
     aside (one-line note) and the pretraining run (resumed from its checkpoint if one is there)."""
     entry = cache_entry(method, ctx)
+    bad = None
     try:
         weights = entry.load()
-    except BadEntry:
-        weights = None  # moved aside below, under the lock
+    except BadEntry as exc:
+        weights, bad = None, str(exc)  # moved aside below, under the lock
     if weights is not None:
         return _cached(entry, weights)
-    with entry.locked():
+    with entry.locked(bad):
         try:
             weights = entry.load()
         except BadEntry as exc:

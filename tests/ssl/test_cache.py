@@ -316,4 +316,6 @@ def test_a_bad_entry_in_a_read_only_cache_is_one_line_naming_the_folder(
     _read_only(monkeypatch, cache)
     with pytest.raises(BenchError, match="is not writable") as info:
         engine.pretrain_encoder(_method(), synthetic_context(cache))
-    assert "\n" not in str(info.value) and str(entry.root) in str(info.value)
+    message = str(info.value)
+    assert "\n" not in message and str(entry.root) in message
+    assert f"to replace the bad entry {entry.folder}" in message and "checksum" in message
