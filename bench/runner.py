@@ -32,6 +32,7 @@ from bench.data.sources import load_labeled, resolve_data_root, source_for
 from bench.finetune.config import FinetuneConfig
 from bench.finetune.metrics import Summary
 from bench.finetune.train import FinetuneResult, finetune
+from bench.models.scale import resolve_scale
 from bench.models.segmenter import build_segmenter
 from bench.profiles import finetune_config, get_profile
 from bench.results.store import MetricRow, NewRun, ResultStore
@@ -129,6 +130,7 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
     stems = draw_shots(data.partition.pool, shots_count, spec.draw, f"{card.name}/{split}")
     shots = load_labeled(card, env.data_root, stems)
     seed = spec.seed * 1000 + spec.draw
+    scale = resolve_scale(card, cfg.scale)
     ctx = EncoderContext(
         card=card,
         data_root=env.data_root,
@@ -142,6 +144,8 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
         draw=spec.draw,
         compile=env.compile,
         split=split,
+        scale=scale,
+        arch=cfg.arch,
     )
     config = {
         "protocol_version": PROTOCOL_VERSION,
@@ -154,6 +158,7 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
         "seed": seed,
         "profile": profile.name,
         "init": init,
+        "scale": scale.describe(),
         "finetune": dataclasses.asdict(cfg),
         "pretrain": method.pretrain_config(ctx),
     }
@@ -183,7 +188,9 @@ def run_one(
         encoder = encoder_for(run.method, run.ctx)
         pretrain_seconds = time.time() - started
         torch.manual_seed(run.config["seed"])
-        model = build_segmenter(run.cfg.arch, run.cfg.encoder, run.card.num_classes, encoder.state)
+        model = build_segmenter(
+            run.cfg.arch, run.cfg.encoder, run.card.num_classes, encoder.weights
+        )
         label = f"{run.method.name} {run.card.full_name} {spec.shots}-shot draw {spec.draw}"
         result = finetune(
             model,
@@ -197,6 +204,7 @@ def run_one(
             label,
             on_eval=on_eval,
             compile=env.compile,
+            pretrained=encoder.weights.parts if encoder.weights else (),
         )
     except BenchError as exc:
         env.store.fail_run(run_id, str(exc))

@@ -13,15 +13,18 @@ NeurIPS 2020 (arXiv 2006.07733); reference code github.com/deepmind/deepmind-res
   step (lightly ``cosine_schedule`` / ``update_momentum``). τ_base = 0.99: the reference code's
   ``_EMA_PRESETS`` value for 100- and 300-epoch runs (0.996 is for 1000 epochs;
   byol/configs/byol.py).
-- Views as BYOL: random resized crop (scale 0.08–1), flip, brightness/contrast jitter (p 0.8,
-  ±0.4), Gaussian blur with the paper's asymmetric probabilities (1.0 for the first view, 0.1 for
-  the second). Colour/saturation/hue, grayscale and solarisation are left out: the micrographs are
-  grayscale and the engine's augmentation has no solarisation.
+- Views as BYOL (paper Table 6; lightly ``BYOLView1Transform`` / ``BYOLView2Transform``): random
+  resized crop of area 0.08–1 (``min_scale``), ratio 3/4–4/3, horizontal flip p 0.5, colour
+  jitter p 0.8 with brightness 0.4 and contrast 0.4 (saturation 0.2, hue 0.1 and grayscale p 0.2
+  are identities on grayscale micrographs), Gaussian blur σ ∈ [0.1, 2] with p 1.0 in the first
+  view and 0.1 in the second, solarisation (values ≥ 0.5 inverted) with p 0 and 0.2. The area
+  range applies with ``crop = "image"`` (matssl-paper); other profiles cut views in working
+  pixels at their zoom range.
 - Optimizer: the paper's LARS (lr 0.2·B/256, batch 4096) is not in the engine; the profiles use
   SGD (momentum 0.9, weight decay 5e-4, cosine) with lightly's small-batch BYOL recipe
-  lr = 0.06·B/128 (lightly CIFAR-10 benchmark), and the paper's 10 warmup epochs for ``standard``.
-  The ``paper`` profile keeps the comparison schedule of the MatSSL seed (224² views, 100 epochs,
-  batch 32) with that lr.
+  lr = 0.06·B/128 (lightly CIFAR-10 benchmark), and the paper's 10 % warmup for ``standard``.
+  ``matssl-paper`` keeps the MatSSL seed's comparison schedule (224² views, batch 32, 5,000
+  steps) with that lr; ``pscl-paper`` the PSCL seed's (Adam 1e-4, batch 8, 384², 4,800 steps).
 
 The exported encoder is the ONLINE encoder (``model.encoder``); the target lives under
 ``target_encoder`` / ``target_projector`` and is dropped after pretraining.
@@ -30,6 +33,7 @@ The exported encoder is the ONLINE encoder (``model.encoder``); the target lives
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -41,9 +45,9 @@ from torch import nn
 
 from bench.core.errors import BenchError
 from bench.models.encoders import encoder_channels
-from bench.ssl.augment import ImagePool, ViewConfig, make_views
+from bench.ssl.augment import ImagePool, ViewConfig, make_views, sized
 from bench.ssl.base import SSLMethod, SSLModel
-from bench.ssl.config import PretrainConfig
+from bench.ssl.config import PretrainConfig, matssl_paper, pscl_paper
 from bench.ssl.method import EncoderContext, SearchDim
 from bench.ssl.registry import register_method
 
@@ -59,36 +63,34 @@ class BYOLParams:
     """Smallest crop area fraction of the random resized crop."""
 
 
+BYOL_VIEWS = (
+    ViewConfig(hflip=0.5, jitter=0.8, brightness=0.4, contrast=0.4, blur=1.0, solarize=0.0),
+    ViewConfig(hflip=0.5, jitter=0.8, brightness=0.4, contrast=0.4, blur=0.1, solarize=0.2),
+)
+"""BYOL's two asymmetric views (module docstring); the crop area range is ``min_scale``–1."""
+
 BYOL_PROFILES = {
     "smoke": PretrainConfig(
-        epochs=1,
-        batch_size=4,
-        view_size=64,
-        steps_per_epoch=2,
-        pool_limit=8,
-        lr=0.05,
-        weight_decay=5e-4,
+        steps=2, batch_size=4, view_size=64, pool_limit=8, lr=0.05, weight_decay=5e-4
     ),
     "quick": PretrainConfig(
-        epochs=4,
+        steps=40,
         batch_size=16,
         view_size=96,
-        steps_per_epoch=10,
         lr=0.06 * 16 / 128,
         weight_decay=5e-4,
-        warmup_epochs=1,
+        warmup_steps=10,
     ),
     "standard": PretrainConfig(
-        epochs=100,
+        steps=5000,
         batch_size=128,
         view_size=224,
         lr=0.06 * 128 / 128,
         weight_decay=5e-4,
-        warmup_epochs=10,
+        warmup_steps=500,
     ),
-    "paper": PretrainConfig(
-        epochs=100, batch_size=32, view_size=224, lr=0.06 * 32 / 128, weight_decay=5e-4
-    ),
+    "matssl-paper": matssl_paper(lr=0.06 * 32 / 128, weight_decay=5e-4),
+    "pscl-paper": pscl_paper(),
 }
 
 
@@ -172,11 +174,17 @@ class BYOL(SSLMethod):
             raise BenchError(f"byol: min_scale must be in (0, 1], got {p.min_scale}")
         projector = BYOLProjectionHead(encoder_channels(encoder)[-1], p.hidden_dim, p.output_dim)
         predictor = BYOLPredictionHead(p.output_dim, p.hidden_dim, p.output_dim)
-        scale = (p.min_scale, 1.0)
-        views = (
-            ViewConfig(size=cfg.view_size, scale=scale, blur=1.0),
-            ViewConfig(size=cfg.view_size, scale=scale, blur=0.1),
-        )
+        views = self.views(cfg)
         return BYOLModel(
-            encoder, projector, predictor, views, (p.momentum_base, p.momentum_end), cfg.bn_views
+            encoder,
+            projector,
+            predictor,
+            (views["view1"], views["view2"]),
+            (p.momentum_base, p.momentum_end),
+            cfg.bn_views,
         )
+
+    def views(self, cfg: PretrainConfig) -> dict[str, ViewConfig]:
+        scale = (self.params.min_scale, 1.0)
+        first, second = (sized(dataclasses.replace(v, scale=scale), cfg) for v in BYOL_VIEWS)
+        return {"view1": first, "view2": second}

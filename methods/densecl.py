@@ -9,22 +9,28 @@ configs/selfsup/densecl/densecl_imagenet_200ep.py).
   MLP) and a dense head (the same 2-layer MLP applied to every cell of the last feature map, i.e.
   1×1 convolutions, S×S grid = the stride-32 map). Key network: a momentum copy of all three
   (momentum 0.999, updated after every optimizer step), no gradient.
-- Global loss: InfoNCE of the query against its key and a queue of past keys (lightly
-  ``NTXentLoss`` with a memory bank), τ = 0.2.
+- Global loss: InfoNCE of the query against its key and a queue of past keys, τ = 0.2.
 - Dense loss: for every query cell the positive key is the key cell whose BACKBONE feature (the
   encoder's last map, before the dense head) is most cosine-similar (``match_cells``), as in the
   reference code; negatives come from a second queue that, as in the reference code, holds the
   L2-normalised average of each key image's dense projections. τ = 0.2.
 - loss = (1 − λ)·global + λ·dense with λ = 0.5. The loss is one-directional (query = view 1,
   key = view 2) as in the reference code; ``bn_views`` has no effect (one online pass per step).
-- Queues: 65536 in the paper; the pool here is small, so the size scales with the profile
-  (``queue_size=0``: 256 smoke, 1024 quick, 4096 standard/paper). Both queues start as random unit
-  vectors (as in the reference code) and are kept in checkpoints.
-- Views: MoCo-v2's (crop scale 0.2–1, flip, jitter p 0.8 ±0.4, blur p 0.5 σ 0.1–2); colour,
-  hue and grayscale terms are dropped for grayscale micrographs.
+- Queues (``bench.ssl.queue.KeyQueue``): 65,536 keys for 1.28 M images in the paper. Here the
+  pool is tiny, so by default (``queue_size=0``) each queue holds as many keys as the pool has
+  images (at least one batch), about one recent key per image instead of dozens of stale copies;
+  and every key carries its image's id, and queue keys of the query's own image are left out of
+  its negatives (``bench.ssl.losses.queue_info_nce``), so a query is never contrasted with
+  another crop of itself. Both queues start as random unit vectors (id −1, as in the reference
+  code) and are kept in checkpoints.
+- Views: MoCo-v2's (Chen et al. 2020, arXiv 2003.04297; the reference config): random resized
+  crop of area 0.2–1, ratio 3/4–4/3, horizontal flip p 0.5, colour jitter p 0.8 with brightness
+  0.4 and contrast 0.4 (saturation 0.4, hue 0.1 and grayscale p 0.2 are identities on grayscale
+  micrographs), Gaussian blur p 0.5 with σ ∈ [0.1, 2]. The area range applies with
+  ``crop = "image"`` (matssl-paper); other profiles cut views in working pixels at their zoom.
 - Optimizer: SGD momentum 0.9, weight decay 1e-4, cosine, lr 0.03 at batch 256 scaled linearly
-  with the batch (reference config). The ``paper`` profile keeps the MatSSL seed's comparison
-  schedule (224² views, 100 epochs, batch 32) with that scaled lr.
+  with the batch (reference config). ``matssl-paper`` keeps the MatSSL seed's comparison schedule
+  (224² views, batch 32, 5,000 steps) with that scaled lr; ``pscl-paper`` the PSCL seed's.
 - Not reproduced: shuffle-BN across GPUs (single device here; the key batch is one BN batch).
 
 The exported encoder is the query (online) encoder, ``model.encoder``.
@@ -37,18 +43,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from lightly.loss import NTXentLoss
 from lightly.models.modules import DenseCLProjectionHead
-from lightly.models.modules.memory_bank import MemoryBankModule
 from lightly.models.utils import deactivate_requires_grad, most_similar_index, update_momentum
 from torch import nn
 
 from bench.core.errors import BenchError
 from bench.models.encoders import encoder_channels
-from bench.ssl.augment import ImagePool, ViewConfig, make_views
+from bench.ssl.augment import ImagePool, ViewConfig, make_views, sized
 from bench.ssl.base import SSLMethod, SSLModel
-from bench.ssl.config import PretrainConfig
+from bench.ssl.config import PretrainConfig, matssl_paper, pscl_paper
+from bench.ssl.losses import queue_info_nce
 from bench.ssl.method import EncoderContext, SearchDim
+from bench.ssl.queue import KeyQueue
 from bench.ssl.registry import register_method
 
 
@@ -58,40 +64,31 @@ class DenseCLParams:
     momentum: float = 0.999
     """EMA momentum of the key network."""
     queue_size: int = 0
-    """Negatives per queue (global and dense); 0: the profile's size (``DENSECL_QUEUE``)."""
+    """Keys per queue (global and dense); 0: the pool's image count, at least one batch."""
     loss_lambda: float = 0.5
     """Weight of the dense loss; the global loss gets 1 − λ."""
     hidden_dim: int = 2048
     output_dim: int = 128
 
 
+MOCO_V2_VIEW = ViewConfig(
+    scale=(0.2, 1.0), hflip=0.5, jitter=0.8, brightness=0.4, contrast=0.4, blur=0.5
+)
+"""MoCo-v2's augmentation (module docstring)."""
+
 DENSECL_PROFILES = {
     "smoke": PretrainConfig(
-        epochs=1,
-        batch_size=4,
-        view_size=64,
-        steps_per_epoch=2,
-        pool_limit=8,
-        lr=0.05,
-        weight_decay=1e-4,
+        steps=2, batch_size=4, view_size=64, pool_limit=8, lr=0.05, weight_decay=1e-4
     ),
     "quick": PretrainConfig(
-        epochs=4,
-        batch_size=16,
-        view_size=96,
-        steps_per_epoch=10,
-        lr=0.03 * 16 / 256,
-        weight_decay=1e-4,
+        steps=40, batch_size=16, view_size=96, lr=0.03 * 16 / 256, weight_decay=1e-4
     ),
     "standard": PretrainConfig(
-        epochs=100, batch_size=128, view_size=224, lr=0.03 * 128 / 256, weight_decay=1e-4
+        steps=5000, batch_size=128, view_size=224, lr=0.03 * 128 / 256, weight_decay=1e-4
     ),
-    "paper": PretrainConfig(
-        epochs=100, batch_size=32, view_size=224, lr=0.03 * 32 / 256, weight_decay=1e-4
-    ),
+    "matssl-paper": matssl_paper(lr=0.03 * 32 / 256, weight_decay=1e-4),
+    "pscl-paper": pscl_paper(),
 }
-
-DENSECL_QUEUE = {"smoke": 256, "quick": 1024, "standard": 4096, "paper": 4096}
 
 
 def match_cells(feat_q: torch.Tensor, feat_k: torch.Tensor) -> torch.Tensor:
@@ -105,31 +102,9 @@ def match_cells(feat_q: torch.Tensor, feat_k: torch.Tensor) -> torch.Tensor:
         )
 
 
-def dense_info_nce(
-    q_grid: torch.Tensor,
-    k_grid: torch.Tensor,
-    index: torch.Tensor,
-    negatives: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
-    """InfoNCE of every query cell against its matched key cell and the queue.
-
-    ``q_grid`` and ``k_grid``: B×N×D, L2-normalised; ``index``: B×N, the key cell of each query
-    cell; ``negatives``: D×K, L2-normalised.
-    """
-    positives = torch.gather(k_grid, 1, index.unsqueeze(-1).expand(-1, -1, k_grid.shape[-1]))
-    pos = (q_grid * positives).sum(dim=-1, keepdim=True)
-    neg = q_grid @ negatives.to(q_grid.dtype)
-    logits = torch.cat([pos, neg], dim=-1).flatten(0, 1) / temperature
-    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-    return F.cross_entropy(logits, labels)
-
-
-def _persistent(bank: MemoryBankModule) -> MemoryBankModule:
-    """lightly registers the queue as non-persistent buffers; keep it in checkpoints instead."""
-    bank.register_buffer("bank", bank.bank, persistent=True)
-    bank.register_buffer("bank_ptr", bank.bank_ptr, persistent=True)
-    return bank
+def dense_positives(k_grid: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The matched key cell of every query cell: ``k_grid`` B×N×D gathered by ``index`` B×N."""
+    return torch.gather(k_grid, 1, index.unsqueeze(-1).expand(-1, -1, k_grid.shape[-1]))
 
 
 class DenseCLModel(SSLModel):
@@ -151,10 +126,8 @@ class DenseCLModel(SSLModel):
         self.key_dense_head = copy.deepcopy(dense_head)
         for module in (self.key_encoder, self.key_global_head, self.key_dense_head):
             deactivate_requires_grad(module)
-        dim = params.output_dim
-        self.global_criterion = NTXentLoss(params.temperature, memory_bank_size=(queue_size, dim))
-        _persistent(self.global_criterion.memory_bank)
-        self.dense_queue = _persistent(MemoryBankModule((queue_size, dim)))
+        self.global_queue = KeyQueue(queue_size, params.output_dim)
+        self.dense_queue = KeyQueue(queue_size, params.output_dim)
         self.temperature = params.temperature
         self.momentum = params.momentum
         self.loss_lambda = params.loss_lambda
@@ -170,6 +143,7 @@ class DenseCLModel(SSLModel):
     def training_loss(
         self, pool: ImagePool, index: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
+        ids = pool.ids[index]
         view_q = make_views(pool, index, self.view, generator).images
         view_k = make_views(pool, index, self.view, generator).images
         feat_q = self.encoder(view_q)[-1]
@@ -177,14 +151,29 @@ class DenseCLModel(SSLModel):
         with torch.no_grad():
             feat_k = self.key_encoder(view_k)[-1]
             k_global, k_dense = self._heads(feat_k, self.key_global_head, self.key_dense_head)
+            k_global = F.normalize(k_global, dim=-1)
             k_pooled = F.normalize(k_dense.mean(dim=1), dim=-1)
             k_dense = F.normalize(k_dense, dim=-1)
-        loss_global = self.global_criterion(q_global, k_global)  # enqueues k_global
-        cells = match_cells(feat_q.detach(), feat_k)
-        _, negatives = self.dense_queue(k_pooled, update=q_dense.requires_grad)
-        loss_dense = dense_info_nce(
-            F.normalize(q_dense, dim=-1), k_dense, cells, negatives, self.temperature
+        loss_global = queue_info_nce(
+            F.normalize(q_global, dim=-1),
+            k_global,
+            self.global_queue.keys.clone(),  # the push below must not change the graph's copy
+            self.global_queue.ids.clone(),
+            ids,
+            self.temperature,
         )
+        cells = match_cells(feat_q.detach(), feat_k)
+        loss_dense = queue_info_nce(
+            F.normalize(q_dense, dim=-1),
+            dense_positives(k_dense, cells),
+            self.dense_queue.keys.clone(),
+            self.dense_queue.ids.clone(),
+            ids,
+            self.temperature,
+        )
+        if q_global.requires_grad:  # training passes enqueue this batch's keys, after the loss
+            self.global_queue.push(k_global, ids)
+            self.dense_queue.push(k_pooled, ids)
         return (1 - self.loss_lambda) * loss_global + self.loss_lambda * loss_dense
 
     @torch.no_grad()
@@ -209,9 +198,12 @@ class DenseCL(SSLMethod):
             **super().search_space(profile),
         }
 
+    def views(self, cfg: PretrainConfig) -> dict[str, ViewConfig]:
+        return {"view": sized(MOCO_V2_VIEW, cfg)}
+
     def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
         p = self.params
-        queue = p.queue_size or DENSECL_QUEUE.get(ctx.profile, DENSECL_QUEUE["standard"])
+        queue = p.queue_size or max(cfg.batch_size, len(ctx.pool_names))
         if queue < cfg.batch_size:
             raise BenchError(f"densecl: queue_size {queue} must be ≥ batch_size {cfg.batch_size}")
         if not 0.0 <= p.momentum < 1.0:
@@ -222,5 +214,5 @@ class DenseCL(SSLMethod):
         global_head = DenseCLProjectionHead(channels, p.hidden_dim, p.output_dim)
         dense_head = DenseCLProjectionHead(channels, p.hidden_dim, p.output_dim)
         return DenseCLModel(
-            encoder, global_head, dense_head, p, queue, ViewConfig(size=cfg.view_size), cfg.bn_views
+            encoder, global_head, dense_head, p, queue, self.views(cfg)["view"], cfg.bn_views
         )

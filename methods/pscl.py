@@ -14,21 +14,30 @@ How one step works (``PSCLModel.training_loss``):
 
 - **Batch.** The engine's ``B`` unlabeled pool images plus ``L`` labeled shots: all shots when
   there are at most ``labeled_per_batch`` of them (the seed: its single shot in every batch), else a
-  fresh random subset of that many per step, so every shot is seen equally often on average.
-- **Views with known geometry.** View 1 is a random square-ish crop of the image (area fraction
-  ``view1_scale_min..max``) resized to ``view_size``²; the seed used its whole 376² tile. View 2 is
-  a random sub-box of view 1's box, 80–100 % per side drawn independently (the seed's r1, r2), then
-  a vertical flip with p = 0.5 and rot90 by k ∈ {0..3} (the seed's flip + rot90, which cover all 8
-  symmetries). Both views get brightness/contrast jitter of ±0.16 with p = 0.8 (the seed's
-  ColorJitter strength; it used no blur). ``correspond`` maps every view-2 feature cell to the
-  view-1 cell containing the same image point (the view-2 cell's centre), exactly, by pushing a grid
-  of cell-centre coordinates through the same flip/rot90 as the image. Where several view-2 cells
-  land on one view-1 cell only the one nearest its centre is kept, so no two sampled cells share a
-  positive.
-- **Encoder scales.** Stage outputs at strides 16, 8, 4 (``features[-2], [-3], [-4]``; the seed
-  used its U-Net decoder at 1/4, 1/2, 1/1), each with its own per-cell projection head (a 1×1-conv
-  MLP: Linear → LayerNorm → ReLU → Linear, 64-d; the seed's heads, without its channel groups), and
-  ``samples · sample_ratio**s`` = 4 / 8 / 16 cells per class from coarse to fine.
+  fresh random subset of that many per step, so every shot is seen equally often on average. A
+  shot that is also a pool image (pools drawn from a split's training images) keeps that image's
+  id, so the image-level loss never takes its pool copy as a negative.
+- **Views with known geometry.** View 1 is a square box of the image resized to ``view_size``²:
+  with ``crop = "working"`` (every profile) a box of ``view_size · z`` working pixels per side,
+  zoom ``z`` in the profile's range (``pscl-paper``: exactly 1, i.e. a 384² tile at native
+  scale, as the seed's whole 376² tiles); with ``crop = "image"`` an area fraction
+  ``view1_scale_min..max`` of the image. View 2 is a random sub-box of view 1's box, 80–100 % per
+  side drawn independently (the seed's r1, r2), then a vertical flip with p = 0.5 and rot90 by
+  k ∈ {0..3} (the seed's flip + rot90, which cover all 8 symmetries). Both views get
+  brightness/contrast jitter of ±0.16 with p = 0.8 (the seed's ColorJitter(0.16, 0.16, 0.16,
+  0.04); saturation and hue are identities on grayscale images; the seed used no blur).
+  ``correspond`` maps every view-2 feature cell to the view-1 cell containing the same image
+  point (the view-2 cell's centre), exactly, by pushing a grid of cell-centre coordinates through
+  the same flip/rot90 as the image. Where several view-2 cells land on one view-1 cell only the
+  one nearest its centre is kept, so no two sampled cells share a positive.
+- **Network and scales** (``network``). ``whole`` (the seed, default of ``pscl-paper``): the whole
+  segmenter body is pretrained — the encoder and the U-Net decoder of the run's architecture —
+  with patch maps at decoder strides 4, 2, 1 (the seed's x4up1..3 at 1/4, 1/2, 1/1), and both are
+  exported, so fine-tuning starts with the pretrained decoder. ``encoder`` (default elsewhere, to
+  compare with the encoder-only methods): encoder stages at strides 16, 8, 4 (``features[-2],
+  [-3], [-4]``), only the encoder exported. Each scale has its own per-cell projection head (a
+  1×1-conv MLP: Linear → LayerNorm → ReLU → Linear, 64-d; the seed's heads, without its channel
+  groups), and ``samples · sample_ratio**s`` = 4 / 8 / 16 cells per class from coarse to fine.
 - **Labeled cells.** The shots' masks follow view 2's geometry; each cell gets its class-area
   fractions (``roi_align`` with one sample per pixel, then the same flip/rot90). A cell is eligible
   for class c when at least ``min_fraction`` of it is c; per class, the K eligible cells with the
@@ -49,27 +58,30 @@ How one step works (``PSCLModel.training_loss``):
   ``global_local_ratio``); scales where fewer than two classes were sampled are left out of the
   mean.
 
-Defaults: ``paper`` is the seed's pretraining (Adam 1e-4, no weight decay, constant LR, 200 epochs,
-batch 8 + the shot(s)) at 384² views — the seed's 376² rounded up to a multiple of 16 so the
-stride-16 cell grid tiles the view exactly (flips and rot90 then permute whole cells). ``standard``
-keeps the seed's optimiser with a GPU-sized batch and the harness' common 224² / 100-epoch budget;
+Defaults: ``pscl-paper`` is the seed's pretraining (Adam 1e-4, no weight decay, constant LR,
+batch 8 + the shot(s), 4,800 steps — 200 epochs of at most 198 images, see
+``bench.ssl.config.pscl_paper`` — whole-network, 384² views at zoom 1: the seed's 376² rounded up
+to a multiple of 32 for the U-Net). ``standard`` keeps the seed's optimiser with a GPU-sized batch
+and the harness' 224² / 5,000-step budget; ``matssl-paper`` the MatSSL seed's comparison budget;
 ``smoke`` and ``quick`` are small CPU-sized runs with a larger LR.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 from torchvision.ops import roi_align
 
 from bench.core.errors import BenchError
 from bench.data.images import LabeledImage
+from bench.models.scale import labeled_at_scale
+from bench.models.segmenter import PretrainedWeights, create_segmenter
 from bench.ssl.augment import (
     ImagePool,
     ViewConfig,
@@ -77,15 +89,19 @@ from bench.ssl.augment import (
     flip_rotate,
     jitter,
     sample_boxes,
+    sized,
     to_model_input,
 )
 from bench.ssl.base import SSLMethod, SSLModel
-from bench.ssl.config import PretrainConfig
+from bench.ssl.config import PretrainConfig, matssl_paper, pscl_paper
+from bench.ssl.losses import nt_xent
 from bench.ssl.method import EncoderContext, SearchDim
 from bench.ssl.registry import register_method
 
-STRIDES = (16, 8, 4)
-"""Encoder stages used for the patch loss, coarse → fine (``features[-2], [-3], [-4]``)."""
+STRIDES = {"encoder": (16, 8, 4), "whole": (4, 2, 1)}
+"""Strides of the patch maps, coarse → fine: encoder stages ``features[-2], [-3], [-4]``, or the
+last three U-Net decoder blocks."""
+NETWORKS = ("whole", "encoder")
 TIE_NOISE = 1e-3
 """Random tie-breaking noise added to the class fractions when ranking labeled cells."""
 
@@ -108,11 +124,14 @@ class PSCLParams:
     """Shots added to every batch; more shots than this: a random subset per step (0: all)."""
     view1_scale_min: float = 0.25
     view1_scale_max: float = 1.0
-    """Area fraction of the image covered by view 1 (the seed used whole 376² tiles)."""
+    """Area fraction of the image covered by view 1 with ``crop = "image"``."""
     sub_min: float = 0.8
     """View 2 covers this to 100 % of view 1's box per side (seed: 0.8)."""
     jitter: float = 0.16
     """Brightness/contrast jitter strength, applied with p = 0.8 (seed ColorJitter 0.16)."""
+    network: str = ""
+    """``whole`` (encoder + decoder, the seed) or ``encoder``; empty: the profile's (``whole`` for
+    pscl-paper, ``encoder`` otherwise)."""
 
 
 def _adam(**kw) -> PretrainConfig:
@@ -120,11 +139,26 @@ def _adam(**kw) -> PretrainConfig:
 
 
 PSCL_PROFILES = {
-    "smoke": _adam(epochs=1, batch_size=4, view_size=64, steps_per_epoch=2, pool_limit=8, lr=1e-3),
-    "quick": _adam(epochs=4, batch_size=8, view_size=96, steps_per_epoch=10, lr=3e-4),
-    "standard": _adam(epochs=100, batch_size=32, view_size=224, lr=1e-4),
-    "paper": _adam(epochs=200, batch_size=8, view_size=384, lr=1e-4),
+    "smoke": _adam(steps=2, batch_size=4, view_size=64, pool_limit=8, lr=1e-3),
+    "quick": _adam(steps=40, batch_size=8, view_size=96, lr=3e-4),
+    "standard": _adam(steps=5000, batch_size=32, view_size=224, lr=1e-4),
+    "matssl-paper": matssl_paper(optimizer="adam", lr=1e-4, weight_decay=0.0, schedule="constant"),
+    "pscl-paper": pscl_paper(zoom_min=1.0, zoom_max=1.0),
 }
+
+
+def pscl_view(params: PSCLParams, cfg: PretrainConfig) -> ViewConfig:
+    """View 1's crop and both views' jitter (module docstring); view 2 is a sub-box of view 1."""
+    recipe = ViewConfig(
+        scale=(params.view1_scale_min, params.view1_scale_max),
+        ratio=(1.0, 1.0),
+        hflip=0.0,
+        jitter=0.8,
+        brightness=params.jitter,
+        contrast=params.jitter,
+        blur=0.0,
+    )
+    return sized(recipe, cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,35 +400,62 @@ class PSCLModel(SSLModel):
         self,
         encoder: nn.Module,
         shots: list[LabeledImage],
+        shot_ids: list[int],
         num_classes: int,
         params: PSCLParams,
-        view_size: int,
+        view: ViewConfig,
         bn_views: str,
         device: torch.device,
+        decoder: nn.Module | None = None,
+        arch: str | None = None,
     ) -> None:
+        """``decoder`` (a U-Net decoder of ``arch`` for ``encoder``): pretrain the whole body, with
+        patch maps at decoder strides; None: encoder only. ``shots`` at the working scale."""
         super().__init__(encoder, bn_views)
         self.p = params
         self.num_classes = num_classes
-        self.view_size = view_size
+        self.view = view
+        self.view_size = view.size
+        self.decoder, self.arch = decoder, arch
+        self.strides = STRIDES["whole" if decoder is not None else "encoder"]
         channels = encoder.out_channels
+        if decoder is None:
+            map_channels = [channels[-2 - s] for s in range(len(self.strides))]
+        else:
+            map_channels = [block.conv2[0].out_channels for block in decoder.blocks[-3:]]
         self.image_head = SimCLRProjectionHead(
             channels[-1], params.hidden_dim, params.proj_dim, batch_norm=False
         )
         self.cell_heads = nn.ModuleList(
-            CellHead(channels[-2 - s], min(channels[-2 - s], params.hidden_dim), params.proj_dim)
-            for s in range(len(STRIDES))
+            CellHead(c, min(c, params.hidden_dim), params.proj_dim) for c in map_channels
         )
-        self.criterion = NTXentLoss(temperature=params.temperature)
-        self.view1 = ViewConfig(
-            size=view_size, ratio=(1.0, 1.0), scale=(params.view1_scale_min, params.view1_scale_max)
-        )
-        self.jitter_cfg = ViewConfig(
-            size=view_size, jitter=0.8, brightness=params.jitter, contrast=params.jitter, blur=0.0
-        )
-        self.shot_pool = ImagePool([s.image for s in shots], device)
+        self.shot_pool = ImagePool([s.image for s in shots], device, ids=shot_ids)
         self.shot_masks = MaskPool([s.mask for s in shots], device)
         self.last_counts: list[torch.Tensor] = []
         """Per scale: cells per class in the last step's patch loss (diagnostics, tests)."""
+
+    def exported(self) -> PretrainedWeights:
+        if self.decoder is None:
+            return super().exported()
+        cpu = {k: v.detach().cpu().contiguous() for k, v in self.decoder.state_dict().items()}
+        return PretrainedWeights(super().exported().encoder, cpu, self.arch)
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The last encoder stage (image level) and the patch maps, coarse → fine."""
+        stages = self.encoder(x)
+        if self.decoder is None:
+            return stages[-1], [stages[-2 - s] for s in range(len(self.strides))]
+        maps: list[torch.Tensor] = []
+        hooks = [
+            block.register_forward_hook(lambda _m, _i, out: maps.append(out))
+            for block in self.decoder.blocks[-3:]
+        ]
+        try:
+            self.decoder(stages)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return stages[-1], maps
 
     def view_passes(self, batch_size: int) -> int:
         shots = len(self.shot_pool)
@@ -415,14 +476,13 @@ class PSCLModel(SSLModel):
     def make_views(self, pool: ImagePool, index: torch.Tensor, generator: torch.Generator):
         """Both views of ``index`` + a draw of shots; returns views, shot ids, boxes, geometry."""
         device = pool.data.device
-        if self.shot_pool.data.device != device:
-            self.shot_pool.data = self.shot_pool.data.to(device)
-            self.shot_pool.sizes = self.shot_pool.sizes.to(device)
+        if self.shot_pool.device != device:
+            self.shot_pool.to(device)
             self.shot_masks.data = self.shot_masks.data.to(device)
         shots = self._pick_shots(generator, device)
         n_u = len(index)
         sizes = torch.cat([pool.sizes[index], self.shot_pool.sizes[shots]])
-        box1 = sample_boxes(sizes, self.view1, generator)
+        box1 = sample_boxes(sizes, self.view, generator)
         view = sample_subviews(len(sizes), self.p.sub_min, generator, device)
         box2 = sub_boxes(box1, view.sub)
         size = self.view_size
@@ -439,28 +499,32 @@ class PSCLModel(SSLModel):
             ]
         )
         x2 = flip_rotate(x2, view.hflip, view.vflip, view.rot90)
-        x1 = to_model_input(jitter(x1, self.jitter_cfg, generator))
-        x2 = to_model_input(jitter(x2, self.jitter_cfg, generator))
+        x1 = to_model_input(jitter(x1, self.view, generator))
+        x2 = to_model_input(jitter(x2, self.view, generator))
         return x1, x2, shots, box2, view
 
     def training_loss(
         self, pool: ImagePool, index: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
         x1, x2, shots, box2, view = self.make_views(pool, index, generator)
-        f1, f2 = self.forward_views(self.encoder, x1, x2)
-        image_loss = self.criterion(
-            self.image_head(f1[-1].mean(dim=(2, 3))), self.image_head(f2[-1].mean(dim=(2, 3)))
+        (top1, maps1), (top2, maps2) = self.forward_views(self.features, x1, x2)
+        ids = torch.cat([pool.ids[index], self.shot_pool.ids[shots]])
+        image_loss = nt_xent(
+            self.image_head(top1.mean(dim=(2, 3))),
+            self.image_head(top2.mean(dim=(2, 3))),
+            self.p.temperature,
+            ids,
         )
         n_u = len(index)
         lab_view = SubView(view.sub[n_u:], view.hflip[n_u:], view.vflip[n_u:], view.rot90[n_u:])
         patch_losses, self.last_counts = [], []
-        for s, stride in enumerate(STRIDES):
+        for s, stride in enumerate(self.strides):
             grid = self.view_size // stride
-            m1, m2 = f1[-2 - s], f2[-2 - s]
+            m1, m2 = maps1[s], maps2[s]
             if m1.shape[-2:] != (grid, grid):
                 raise BenchError(
                     f"pscl: expected a {grid}×{grid} map at stride {stride}, got "
-                    f"{tuple(m1.shape[-2:])}; view_size must be a multiple of 16"
+                    f"{tuple(m1.shape[-2:])}; view_size must be a multiple of 32"
                 )
             z1, z2 = self.cell_heads[s](m1), self.cell_heads[s](m2)
             index1, keep = correspond(view, grid)
@@ -518,7 +582,7 @@ class PSCLModel(SSLModel):
 class PSCL(SSLMethod):
     name = "pscl"
     description = (
-        "PSCL: image NT-Xent + class-aware patch NT-Xent at 3 encoder scales, "
+        "PSCL: image NT-Xent + class-aware patch NT-Xent at 3 scales (whole U-Net in pscl-paper), "
         "classes from the shots' masks (uses the labels; re-pretrained per draw)"
     )
     uses_labels = True
@@ -533,18 +597,64 @@ class PSCL(SSLMethod):
             **super().search_space(profile),
         }
 
+    def network(self, profile: str) -> str:
+        """``whole`` or ``encoder``: the ``network`` parameter, else the profile's."""
+        chosen = self.params.network or ("whole" if profile == "pscl-paper" else "encoder")
+        if chosen not in NETWORKS:
+            raise BenchError(f"pscl: network must be 'whole' or 'encoder', got '{chosen}'")
+        return chosen
+
+    def views(self, cfg: PretrainConfig) -> dict[str, ViewConfig]:
+        return {"view1": pscl_view(self.params, cfg)}
+
+    def pretrain_config(self, ctx: EncoderContext) -> dict[str, Any]:
+        config = super().pretrain_config(ctx)
+        network = self.network(ctx.profile)
+        config["params"] = {**config["params"], "network": network}
+        if network == "whole":
+            config["arch"] = ctx.arch
+        return config
+
     def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
         p = self.params
         if not ctx.shots:
             raise BenchError("pscl needs the labeled shots of the draw (it uses their masks)")
-        if cfg.view_size % 16:
-            raise BenchError(f"pscl: view_size must be a multiple of 16, got {cfg.view_size}")
+        whole = self.network(ctx.profile) == "whole"
+        multiple = 32 if whole else 16
+        if cfg.view_size % multiple:
+            raise BenchError(
+                f"pscl: view_size must be a multiple of {multiple}, got {cfg.view_size}"
+            )
         if not 0.0 <= p.patch_weight <= 1.0:
             raise BenchError(f"pscl: patch_weight must lie in [0, 1], got {p.patch_weight}")
         if not 0.0 < p.min_fraction <= 1.0:
             raise BenchError(f"pscl: min_fraction must lie in (0, 1], got {p.min_fraction}")
         if p.samples < 1 or p.sample_ratio < 1 or not 0.0 < p.sub_min <= 1.0:
             raise BenchError("pscl: samples and sample_ratio must be ≥ 1, sub_min in (0, 1]")
+        decoder = _decoder(ctx, encoder) if whole else None
+        shots = labeled_at_scale(ctx.shots, ctx.scale)
+        names = list(ctx.pool_names)
+        # a shot that is a pool image keeps that image's id; the others get ids no pool image has
+        shot_ids = [names.index(s.stem) if s.stem in names else -1 - i for i, s in enumerate(shots)]
         return PSCLModel(
-            encoder, ctx.shots, ctx.card.num_classes, p, cfg.view_size, cfg.bn_views, ctx.device
+            encoder,
+            shots,
+            shot_ids,
+            ctx.card.num_classes,
+            p,
+            self.views(cfg)["view1"],
+            cfg.bn_views,
+            ctx.device,
+            decoder,
+            ctx.arch if whole else None,
         )
+
+
+def _decoder(ctx: EncoderContext, encoder: nn.Module) -> nn.Module:
+    """A random U-Net decoder of the run's architecture for ``encoder``."""
+    if ctx.arch != "unet":
+        raise BenchError(
+            f"pscl: whole-network pretraining needs the U-Net decoder (--arch unet), the run "
+            f"fine-tunes a {ctx.arch}; use --param network=encoder for encoder-only pretraining"
+        )
+    return create_segmenter(ctx.arch, ctx.encoder, ctx.card.num_classes).decoder

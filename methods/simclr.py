@@ -1,11 +1,21 @@
 """SimCLR: two augmented views per image, NT-Xent over in-batch negatives.
 
-Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020.
-Built on lightly's ``SimCLRProjectionHead`` and ``NTXentLoss``; defaults follow the paper's
-small-batch setting (τ = 0.5, SGD with 10 warmup epochs, cosine), views as in lightly's
-SimCLR transform (random resized crop 0.2–1, flip, colour jitter, blur). The ``paper`` profile
-uses the MatSSL seed's schedule (224² views, 100 epochs, batch 32, SGD 0.1) so the methods are
-compared on equal terms.
+Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020
+(arXiv 2002.05709). Built on lightly's ``SimCLRProjectionHead``; the loss is NT-Xent
+(``bench.ssl.losses.nt_xent``, equal to lightly's ``NTXentLoss`` on distinct images) with copies of
+one image left out of each other's negatives. τ = 0.5 (the paper's small-batch setting), SGD with
+10 % warmup steps then cosine.
+
+- Views: SimCLR's own recipe (paper Appendix A; lightly ``SimCLRTransform`` defaults): random
+  resized crop of area 0.08–1 and ratio 3/4–4/3, horizontal flip p 0.5, colour jitter with
+  p 0.8 at strength 1 (brightness 0.8, contrast 0.8; saturation 0.8, hue 0.2 and the grayscale
+  conversion with p 0.2 are identities on grayscale micrographs), Gaussian blur p 0.5 with
+  σ ∈ [0.1, 2]. The 0.08–1 area range applies where crops are a fraction of the image
+  (``crop = "image"``, the matssl-paper profile); elsewhere views are cut in working pixels at the
+  profile's zoom range (``bench.ssl.config``).
+- Profiles: ``matssl-paper`` keeps the MatSSL seed's comparison schedule (SGD 0.1, batch 32,
+  224² views, 5,000 steps) so methods are compared on equal terms; ``pscl-paper`` the PSCL seed's
+  (Adam 1e-4, batch 8, 384², 4,800 steps).
 """
 
 from __future__ import annotations
@@ -13,14 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
 from bench.models.encoders import encoder_channels
-from bench.ssl.augment import ImagePool, ViewConfig, make_views
+from bench.ssl.augment import ImagePool, ViewConfig, make_views, sized
 from bench.ssl.base import SSLMethod, SSLModel
-from bench.ssl.config import PretrainConfig
+from bench.ssl.config import PretrainConfig, matssl_paper, pscl_paper
+from bench.ssl.losses import nt_xent
 from bench.ssl.method import EncoderContext, SearchDim
 from bench.ssl.registry import register_method
 
@@ -32,17 +42,19 @@ class SimCLRParams:
     output_dim: int = 128
 
 
+SIMCLR_VIEW = ViewConfig(
+    scale=(0.08, 1.0), hflip=0.5, jitter=0.8, brightness=0.8, contrast=0.8, blur=0.5
+)
+"""SimCLR's augmentation (module docstring)."""
+
 SIMCLR_PROFILES = {
-    "smoke": PretrainConfig(
-        epochs=1, batch_size=4, view_size=64, steps_per_epoch=2, pool_limit=8, lr=0.05
-    ),
-    "quick": PretrainConfig(
-        epochs=4, batch_size=16, view_size=96, steps_per_epoch=10, lr=0.1, warmup_epochs=1
-    ),
+    "smoke": PretrainConfig(steps=2, batch_size=4, view_size=64, pool_limit=8, lr=0.05),
+    "quick": PretrainConfig(steps=40, batch_size=16, view_size=96, lr=0.1, warmup_steps=10),
     "standard": PretrainConfig(
-        epochs=100, batch_size=128, view_size=224, lr=0.15, warmup_epochs=10
+        steps=5000, batch_size=128, view_size=224, lr=0.15, warmup_steps=500
     ),
-    "paper": PretrainConfig(epochs=100, batch_size=32, view_size=224, lr=0.1),
+    "matssl-paper": matssl_paper(),
+    "pscl-paper": pscl_paper(),
 }
 
 
@@ -59,7 +71,7 @@ class PooledContrastModel(SSLModel):
     ) -> None:
         super().__init__(encoder, bn_views)
         self.head = head
-        self.criterion = NTXentLoss(temperature=temperature)
+        self.temperature = temperature
         self.view = view
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,13 +83,13 @@ class PooledContrastModel(SSLModel):
         v1 = make_views(pool, index, self.view, generator).images
         v2 = make_views(pool, index, self.view, generator).images
         z1, z2 = self.forward_views(self.embed, v1, v2)
-        return self.criterion(z1, z2)
+        return nt_xent(z1, z2, self.temperature, pool.ids[index])
 
 
 @register_method
 class SimCLR(SSLMethod):
     name = "simclr"
-    description = "SimCLR: NT-Xent between two augmented views (lightly head and loss)"
+    description = "SimCLR: NT-Xent between two augmented views (lightly head, SimCLR's views)"
     Params = SimCLRParams
     profiles = SIMCLR_PROFILES
 
@@ -85,9 +97,12 @@ class SimCLR(SSLMethod):
     def search_space(cls, profile: str) -> dict[str, SearchDim]:
         return {"temperature": SearchDim.real(0.05, 1.0, log=True), **super().search_space(profile)}
 
+    def views(self, cfg: PretrainConfig) -> dict[str, ViewConfig]:
+        return {"view": sized(SIMCLR_VIEW, cfg)}
+
     def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
         p = self.params
         head = SimCLRProjectionHead(encoder_channels(encoder)[-1], p.hidden_dim, p.output_dim)
         return PooledContrastModel(
-            encoder, head, p.temperature, ViewConfig(size=cfg.view_size), cfg.bn_views
+            encoder, head, p.temperature, self.views(cfg)["view"], cfg.bn_views
         )

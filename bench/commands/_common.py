@@ -73,6 +73,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="fine-tuning learning rate")
     parser.add_argument("--eval-every", type=int, help="evaluate every N steps")
     parser.add_argument("--tile", type=int, help="sliding-window inference tile (0: whole image)")
+    parser.add_argument(
+        "--scale",
+        help="working scale of pretraining, fine-tuning and evaluation: card, native, "
+        "protocol:NAME or HxW (default: the profile's)",
+    )
 
 
 def add_params_source(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +92,7 @@ def add_params_source(parser: argparse.ArgumentParser) -> None:
 
 
 def finetune_overrides(args: argparse.Namespace) -> dict[str, object]:
-    keys = ("arch", "encoder", "steps", "batch_size", "crop", "lr", "eval_every", "tile")
+    keys = ("arch", "encoder", "steps", "batch_size", "crop", "lr", "eval_every", "tile", "scale")
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 

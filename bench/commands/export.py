@@ -38,7 +38,8 @@ def main(args: argparse.Namespace) -> int:
     from bench.core.console import console
     from bench.runner import RunSpec, make_env, prepare
     from bench.ssl.base import SSLMethod
-    from bench.ssl.engine import CARD_FILE, ENCODER_FILE, pretrain_encoder
+    from bench.ssl.cache import CARD_FILE, DECODER_FILE, ENCODER_FILE
+    from bench.ssl.engine import pretrain_encoder
 
     env = make_env(
         args.data_root, None, args.device, args.cache_dir, compile=args.compile, with_store=False
@@ -61,8 +62,9 @@ def main(args: argparse.Namespace) -> int:
     result = pretrain_encoder(run.method, run.ctx)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(result.folder / ENCODER_FILE, out / ENCODER_FILE)
-    shutil.copyfile(result.folder / CARD_FILE, out / CARD_FILE)
+    for name in (ENCODER_FILE, DECODER_FILE, CARD_FILE):
+        if (result.folder / name).is_file():
+            shutil.copyfile(result.folder / name, out / name)
     card = json.loads((out / CARD_FILE).read_text())
     console.print(
         f"exported {args.method} ({run.cfg.encoder}, hash {card['hash']}) to "

@@ -18,6 +18,8 @@ A new image+mask dataset needs a card only. The schema (see ``datasets/metaldam.
 - ``[variants.<name>]``: alternative label sets selected as ``name:variant``: ``merge = {"2" = 1}``
   maps mask ids, with the variant's own ``classes`` and, optionally, ``protocols``.
 - ``[fetch]``: how ``bench data fetch`` obtains the upstream files (see ``bench.data.fetch``).
+- ``[scale]``: the working scale: ``working = "native"`` (the default) or ``working = [height,
+  width]`` (every image resized to it). Pretraining views, fine-tuning and evaluation work at it.
 """
 
 from __future__ import annotations
@@ -101,6 +103,20 @@ class UnlabeledSpec:
 
 
 @dataclass(frozen=True)
+class ScaleSpec:
+    """The working scale: native pixels (``resize`` None) or every image resized to ``resize``
+    (height, width), aspect ratio not kept."""
+
+    resize: tuple[int, int] | None = None
+
+    def describe(self) -> str:
+        return "native" if self.resize is None else f"{self.resize[0]}x{self.resize[1]}"
+
+
+NATIVE = ScaleSpec()
+
+
+@dataclass(frozen=True)
 class DatasetCard:
     name: str
     title: str
@@ -121,6 +137,7 @@ class DatasetCard:
     generator: dict[str, Any] = field(default_factory=dict)
     fetch: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    scale: ScaleSpec = NATIVE
 
     @property
     def num_classes(self) -> int:
@@ -272,6 +289,7 @@ def _build_card(raw: dict[str, Any], path: Path, variant: str | None) -> Dataset
         generator=dict(raw.get("generator", {})),
         fetch=dict(raw.get("fetch", {})),
         raw=raw,
+        scale=_parse_scale(raw.get("scale", {})),
     )
 
 
@@ -388,3 +406,18 @@ def _parse_unlabeled(unl: dict[str, Any]) -> UnlabeledSpec:
         crop_bottom=int(unl.get("crop_bottom", 0)),
         from_split=source is not None,
     )
+
+
+def _parse_scale(raw: dict[str, Any]) -> ScaleSpec:
+    working = raw.get("working", "native")
+    if working == "native":
+        return NATIVE
+    if (
+        not isinstance(working, list)
+        or len(working) != 2
+        or not all(isinstance(v, int) and v >= 32 for v in working)
+    ):
+        raise ValueError(
+            f'scale.working must be "native" or [height, width] (integers ≥ 32), got {working!r}'
+        )
+    return ScaleSpec((working[0], working[1]))

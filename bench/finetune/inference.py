@@ -1,8 +1,11 @@
 """Inference and evaluation at native resolution (or at a protocol's resize).
 
 ``predict`` labels one image: the whole image padded to a multiple of 32, or overlapping
-``tile``-sized windows whose logits are averaged. ``evaluate`` accumulates one confusion matrix per
-evaluation resolution over a whole image set and scores every protocol from it.
+``tile``-sized windows whose logits are averaged. The model sees the image at the working scale
+(``working``: resized, its logits resized back to the native size, so scores are always against
+the native masks); a protocol with a resize feeds and scores at that size instead. ``evaluate``
+accumulates one confusion matrix per evaluation resolution over a whole image set and scores every
+protocol from it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from bench.finetune.metrics import (
     summarize,
 )
 from bench.models.inputs import normalize_uint8
+from bench.models.scale import resize_mask
 
 
 @torch.no_grad()
@@ -33,12 +37,17 @@ def predict(
     device: torch.device,
     tile: int = 0,
     size: tuple[int, int] | None = None,
+    working: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Class ids for one grayscale image at native resolution (or resized to ``size``)."""
+    """Class ids for one grayscale image at native resolution, the model fed the image resized to
+    ``working`` when given; or, with ``size``, fed and labelled at ``size``."""
     x = normalize_uint8(torch.from_numpy(image)[None].to(device))
-    if size is not None:
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    target = size or working
+    if target is not None:
+        x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
     logits = _sliding_logits(model, x, tile) if tile else _padded_logits(model, x)
+    if size is None and working is not None:
+        logits = F.interpolate(logits, size=image.shape, mode="bilinear", align_corners=False)
     return logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
 
 
@@ -99,19 +108,20 @@ def evaluate(
     device: torch.device,
     tile: int,
     keep: dict[str, np.ndarray] | None = None,
+    working: tuple[int, int] | None = None,
 ) -> dict[str, ProtocolResult]:
     """Score every protocol from one confusion matrix per evaluation resolution.
 
     Each matrix is accumulated over the whole image set (not averaged per image); protocols at the
     same resolution share the same predictions. Native-resolution predictions of images whose stem
-    is a key of ``keep`` are stored there.
+    is a key of ``keep`` are stored there. ``working``: the working scale's resize (``predict``).
     """
     matrices: dict[tuple[int, int] | None, np.ndarray] = {}
     for size in dict.fromkeys(p.resize for p in protocols):
         cm = ConfusionMatrix(card.num_classes)
         for item in images:
             if size is None:
-                pred = predict(model, item.image, device, tile)
+                pred = predict(model, item.image, device, tile, working=working)
                 if keep is not None and item.stem in keep:
                     keep[item.stem] = pred
                 cm.update(pred, item.mask)
@@ -128,8 +138,3 @@ def evaluate(
             protocol_score(cm, spec, card.background), summarize(merged, card.background)
         )
     return results
-
-
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    t = torch.from_numpy(mask.astype(np.float32))[None, None]
-    return F.interpolate(t, size=size, mode="nearest")[0, 0].numpy().astype(np.uint8)

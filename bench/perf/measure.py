@@ -94,8 +94,7 @@ def measure_engine(
     """One SSL method through the project's engine: its model, the pool, the engine's step."""
     method = method_cls({"batch_size": sizes.batch, "view_size": sizes.view_size})
     cfg = method.engine_config(ctx.profile)
-    steps_per_epoch = cfg.steps_per_epoch or max(1, len(pool) // cfg.batch_size)
-    nominal_steps = cfg.epochs * steps_per_epoch
+    nominal_steps = cfg.steps
     """The length of a real pretraining with this profile: what ``--compile auto`` looks at."""
     with MemoryPeak(ctx.device) as mem:
         timing = _time_engine(method, ctx, pool, sizes, cfg, compile_mode, nominal_steps)
@@ -135,9 +134,8 @@ def _time_engine(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
-    steps_per_epoch = cfg.steps_per_epoch or max(1, len(pool) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_then(cfg.schedule, cfg.warmup_epochs * steps_per_epoch, nominal_steps)
+        optimizer, warmup_then(cfg.schedule, cfg.warmup_steps, nominal_steps)
     )
     generator = torch.Generator(device=device).manual_seed(0)
     step_fn = compiled_step(model, compile_mode, nominal_steps)

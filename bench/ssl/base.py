@@ -1,5 +1,6 @@
-"""Base classes for self-supervised methods: the method (per-profile engine settings, a model
-factory) and the model (an encoder plus heads that returns its loss for a batch of pool images).
+"""Base classes for self-supervised methods: the method (per-profile engine settings, its view
+recipes, a model factory) and the model (an encoder plus heads that returns its loss for a batch of
+pool images).
 
 A method module subclasses ``SSLMethod`` (registered by name) and ``SSLModel``. The shared loop in
 ``bench.ssl.engine`` does everything else: optimizer, schedule, AMP, checkpoints, resume, caching
@@ -17,8 +18,9 @@ import torch
 from torch import nn
 
 from bench.data.pool import pool_fingerprint
-from bench.ssl.augment import ImagePool
-from bench.ssl.config import ENGINE_FIELDS, PretrainConfig
+from bench.models.segmenter import PretrainedWeights
+from bench.ssl.augment import ImagePool, ViewConfig
+from bench.ssl.config import ENGINE_FIELDS, ENGINE_VERSION, PretrainConfig
 from bench.ssl.method import EncoderContext, Method, SearchDim, build_params
 
 
@@ -43,7 +45,8 @@ class SSLModel(nn.Module):
     def training_loss(
         self, pool: ImagePool, index: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
-        """The loss for the pool images ``index`` (the model draws its own views)."""
+        """The loss for the pool images ``index`` (the model draws its own views; ``pool.ids``
+        says which entries are the same image)."""
 
     def after_step(self, progress: float) -> None:
         """Called after each optimizer step with the fraction of training done (EMA updates)."""
@@ -56,17 +59,25 @@ class SSLModel(nn.Module):
         """Encoder view-passes in one step (methods that add images to the batch override this)."""
         return self.views_per_sample() * batch_size
 
+    def exported(self) -> PretrainedWeights:
+        """What fine-tuning receives: the encoder (methods that pretrain a decoder add it)."""
+        return PretrainedWeights(_cpu_state(self.encoder))
+
     compile_whole_step: bool = True
     """Whether ``training_loss`` can be compiled as a whole; methods with data-dependent shapes
     set this to False and only their encoder is compiled."""
 
 
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
 class SSLMethod(Method):
-    """A pretraining method: per-profile engine settings and a model factory."""
+    """A pretraining method: per-profile engine settings, view recipes and a model factory."""
 
     kind: ClassVar[str] = "ssl"
     profiles: ClassVar[dict[str, PretrainConfig]]
-    """Engine settings per profile (smoke, quick, standard, paper)."""
+    """Engine settings per profile (every profile of ``bench.profiles``)."""
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         params = dict(params or {})
@@ -77,12 +88,12 @@ class SSLMethod(Method):
     @classmethod
     def search_space(cls, profile: str) -> dict[str, SearchDim]:
         """The pretraining loop's ``bench tune`` ranges around the profile's settings: learning rate
-        ÷10..×10 (log), epochs ½..×2, and weight decay 1e-7..1e-3 (log) where the profile uses
+        ÷10..×10 (log), steps ½..×2, and weight decay 1e-7..1e-3 (log) where the profile uses
         any (a schedule without weight decay, as PSCL's Adam, keeps none). Methods add their own."""
         base = cls.profiles.get(profile) or cls.profiles["standard"]
         space = {
             "lr": SearchDim.real(base.lr / 10, base.lr * 10, log=True),
-            "epochs": SearchDim.integer(max(1, base.epochs // 2), max(2, base.epochs * 2)),
+            "steps": SearchDim.integer(max(1, base.steps // 2), max(2, base.steps * 2)),
         }
         if base.weight_decay > 0:
             wd = base.weight_decay
@@ -97,16 +108,25 @@ class SSLMethod(Method):
         return dataclasses.replace(base, **{k: getattr(changes, k) for k in self.engine_overrides})
 
     @abstractmethod
+    def views(self, cfg: PretrainConfig) -> dict[str, ViewConfig]:
+        """The method's views at these settings, by name (``sized`` recipes); recorded in the cache
+        key, so a changed recipe never reuses an encoder pretrained with the old one."""
+
+    @abstractmethod
     def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
         """The method's model around ``encoder`` (an smp encoder with its initial weights)."""
 
     def pretrain_config(self, ctx: EncoderContext) -> dict[str, Any]:
+        cfg = self.engine_config(ctx.profile)
         config = {
+            "engine_version": ENGINE_VERSION,
             "method": self.name,
             "params": self.params_dict(),
-            "engine": dataclasses.asdict(self.engine_config(ctx.profile)),
+            "engine": dataclasses.asdict(cfg),
+            "views": {k: dataclasses.asdict(v) for k, v in self.views(cfg).items()},
             "encoder": ctx.encoder,
             "init": ctx.init,
+            "scale": ctx.scale.describe(),
             "pool": pool_fingerprint(ctx.card, ctx.data_root, ctx.split),
             "seed": ctx.seed,
             "profile": ctx.profile,

@@ -1,48 +1,57 @@
 """The one pretraining loop every SSL method shares, with caching, checkpoints and export.
 
-``encoder_for(method, ctx)`` is how a run gets its encoder weights: a baseline's own weights, or an
-SSL method's pretrained encoder (cached).
+``encoder_for(method, ctx)`` is how a run gets its weights: a baseline's own weights, or an SSL
+method's pretrained encoder (and decoder, for methods that pretrain it), cached.
 
-- The unlabeled pool is decoded once into a uint8 tensor on the training device; views are cut and
-  augmented there in batches (``bench.ssl.augment``).
+- The unlabeled pool is decoded once at the run's working scale into a uint8 tensor on the
+  training device; views are cut and augmented there in batches (``bench.ssl.augment``).
+- The budget is ``steps`` optimizer steps of ``batch_size`` pool images, whatever the pool size. A
+  batch holds distinct images when the pool allows; a smaller pool is repeated evenly, and the
+  contrastive losses leave same-image pairs out of the denominator (``bench.ssl.losses``).
 - Optimizer and warmup + cosine schedule from the method's engine settings; bf16 autocast and
   channels_last on CUDA; optional gradient clipping; a NaN loss stops the run (``PretrainFailed``).
-- A checkpoint is written every epoch; an interrupted pretraining resumes from it.
-- Results are cached under ``<cache>/pretrain/<method>-<hash>/`` where the hash covers everything
-  that determines the pretraining; concurrent processes wait on a file lock instead of computing
-  the same pretraining twice.
+- A resume checkpoint is written at most every ``CHECKPOINT_SECONDS`` (read back with
+  ``weights_only=True``; an unreadable one is moved aside and the pretraining starts over).
+- Results are cached (``bench.ssl.cache``) under a hash of the pretraining config and the compute
+  it runs on (``compute_fingerprint``: device type and, on CPU, the thread count); entries are
+  published atomically and verified before use; concurrent processes wait on a file lock instead
+  of computing one pretraining twice.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
-from filelock import FileLock
-from safetensors.torch import load_file, save_file
 
 from bench.core.compile import should_compile
-from bench.core.console import err_console, progress
+from bench.core.console import progress
 from bench.core.errors import BenchError
 from bench.core.provenance import collect_versions, config_hash
 from bench.core.schedules import SCHEDULES, warmup_then
-from bench.data.pool import load_pool
-from bench.models.encoders import EncoderState, build_encoder, initial_encoder_state, load_strict
+from bench.data.pool import load_pool, pool_files
+from bench.data.protocol import partition
+from bench.models.encoders import build_encoder, initial_encoder_state, load_strict
+from bench.models.scale import to_scale
+from bench.models.segmenter import PretrainedWeights
 from bench.ssl.augment import ImagePool
-from bench.ssl.base import SSLMethod
+from bench.ssl.base import SSLMethod, SSLModel
+from bench.ssl.cache import BadEntry, CacheEntry, Expected, note
+from bench.ssl.checkpoint import CHECKPOINT_FILE, BadCheckpoint, load_checkpoint, save_checkpoint
 from bench.ssl.config import PretrainConfig
 from bench.ssl.method import Baseline, EncoderContext, Method
 
-ENCODER_FILE = "encoder.safetensors"
-CARD_FILE = "model_card.json"
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_SECONDS = 60.0
+"""Wall time between resume checkpoints (resuming is exact, so this never changes a result)."""
+LOSS_POINTS = 100
+"""The card and the run record keep the mean loss of at most this many equal runs of steps."""
 
 
 class PretrainFailed(BenchError):
@@ -51,17 +60,19 @@ class PretrainFailed(BenchError):
 
 @dataclass
 class PretrainResult:
-    state: EncoderState
+    weights: PretrainedWeights
     folder: Path
     cached: bool
     losses: list[float]
+    """Mean loss of each run of ``loss_every`` steps."""
+    loss_every: int
 
 
 @dataclass
 class EncoderOutcome:
-    """A run's encoder weights (None: random init) and what the run record keeps about them."""
+    """A run's starting weights (None: random init) and what the run record keeps about them."""
 
-    state: EncoderState | None
+    weights: PretrainedWeights | None
     info: dict[str, object]
 
 
@@ -70,40 +81,85 @@ def encoder_for(method: Method, ctx: EncoderContext) -> EncoderOutcome:
     if isinstance(method, SSLMethod):
         result = pretrain_encoder(method, ctx)
         return EncoderOutcome(
-            result.state,
+            result.weights,
             {
                 "pretrain_losses": result.losses,
+                "pretrain_loss_every": result.loss_every,
                 "pretrain_cached": result.cached,
                 "pretrain_folder": str(result.folder),
+                "pretrain_compute": compute_fingerprint(ctx.device),
+                "pretrained_parts": list(result.weights.parts),
             },
         )
     if isinstance(method, Baseline):
-        return EncoderOutcome(method.encoder_state(ctx), {})
+        state = method.encoder_state(ctx)
+        return EncoderOutcome(PretrainedWeights(state) if state is not None else None, {})
     raise TypeError(f"method '{method.name}' is neither a Baseline nor an SSLMethod")
 
 
+def compute_fingerprint(device: torch.device) -> dict[str, Any]:
+    """What besides the config changes a pretraining's result: the device type, and on CPU the
+    number of threads. CPU kernels reduce in a thread-dependent order; the last-bit differences
+    grow during training (measured: 20 MatSSL steps, ResNet-18, 16 × 96² views: final loss 3.367
+    with 1 thread, 3.243 with 2; two runs with 1 thread are bit-identical)."""
+    if device.type == "cpu":
+        return {"device": "cpu", "threads": torch.get_num_threads()}
+    return {"device": device.type}
+
+
+def cache_entry(method: SSLMethod, ctx: EncoderContext) -> CacheEntry:
+    config = method.pretrain_config(ctx)
+    compute = compute_fingerprint(ctx.device)
+    digest = config_hash({"config": config, "compute": compute})
+    expected = Expected(digest, config, compute, ctx.encoder)
+    return CacheEntry(ctx.cache_dir / "pretrain", f"{method.name}-{digest}", expected)
+
+
 def cache_folder(method: SSLMethod, ctx: EncoderContext) -> Path:
-    return ctx.cache_dir / "pretrain" / f"{method.name}-{config_hash(method.pretrain_config(ctx))}"
+    return cache_entry(method, ctx).folder
 
 
 def pretrain_encoder(method: SSLMethod, ctx: EncoderContext) -> PretrainResult:
-    """The pretrained encoder for ``ctx``: from the cache, or trained now (and cached)."""
-    folder = cache_folder(method, ctx)
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder / ".lock")):
-        if (folder / ENCODER_FILE).is_file():
-            card = json.loads((folder / CARD_FILE).read_text())
-            return PretrainResult(
-                load_file(str(folder / ENCODER_FILE)), folder, True, card.get("losses", [])
-            )
-        return _train(method, ctx, folder)
+    """The pretrained weights for ``ctx``: from the cache (verified), or trained now and cached.
+
+    A complete valid entry is read without the lock; otherwise the lock is taken, a bad entry moved
+    aside (one-line note) and the pretraining run (resumed from its checkpoint if one is there)."""
+    entry = cache_entry(method, ctx)
+    bad = None
+    try:
+        weights = entry.load()
+    except BadEntry as exc:
+        weights, bad = None, str(exc)  # moved aside below, under the lock
+    if weights is not None:
+        return _cached(entry, weights)
+    with entry.locked(bad):
+        try:
+            weights = entry.load()
+        except BadEntry as exc:
+            entry.move_aside(str(exc))
+        if weights is not None:
+            return _cached(entry, weights)
+        return _train(method, ctx, entry)
 
 
-def _train(method: SSLMethod, ctx: EncoderContext, folder: Path) -> PretrainResult:
-    cfg = method.engine_config(ctx.profile)
-    _check(cfg, method.name)
-    images = load_pool(ctx.card, ctx.data_root, cfg.pool_limit or None, ctx.split)
-    pool = ImagePool(images, ctx.device)
+def _cached(entry: CacheEntry, weights: PretrainedWeights) -> PretrainResult:
+    card = entry.card()
+    return PretrainResult(
+        weights, entry.folder, True, card.get("losses", []), card.get("loss_every", 1)
+    )
+
+
+@dataclass
+class _Training:
+    """Everything one pretraining updates (rebuilt from the seed when a checkpoint is refused)."""
+
+    model: SSLModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator
+
+
+def _setup(method: SSLMethod, ctx: EncoderContext, cfg: PretrainConfig) -> _Training:
     torch.manual_seed(ctx.seed)
     encoder = build_encoder(ctx.encoder)
     initial = initial_encoder_state(ctx.encoder, ctx.init)
@@ -113,56 +169,94 @@ def _train(method: SSLMethod, ctx: EncoderContext, folder: Path) -> PretrainResu
     if ctx.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
-    steps_per_epoch = cfg.steps_per_epoch or max(1, len(pool) // cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_then(cfg.schedule, cfg.warmup_epochs * steps_per_epoch, total_steps)
+        optimizer, warmup_then(cfg.schedule, cfg.warmup_steps, cfg.steps)
     )
     generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
+    return _Training(model, optimizer, scheduler, generator)
+
+
+def load_scaled_pool(ctx: EncoderContext, cfg: PretrainConfig) -> tuple[ImagePool, EncoderContext]:
+    """The pool at the working scale on the training device, and ``ctx`` with its pool names."""
+    limit = cfg.pool_limit or None
+    images = [
+        to_scale(im, ctx.scale) for im in load_pool(ctx.card, ctx.data_root, limit, ctx.split)
+    ]
+    names = pool_names(ctx, limit, len(images))
+    return ImagePool(images, ctx.device), dataclasses.replace(ctx, pool_names=names)
+
+
+def pool_names(ctx: EncoderContext, limit: int | None, count: int) -> tuple[str, ...]:
+    """What each pool image is: a stem of the split when the pool is the split's training images
+    (so a shot that is also in the pool is recognised), else ``unlabeled/<file or index>``."""
+    spec = ctx.card.unlabeled
+    if spec is not None and spec.from_split:
+        return tuple(partition(ctx.card, ctx.data_root, ctx.split).pool[:limit])
+    files = pool_files(ctx.card, ctx.data_root, ctx.split)[:limit]
+    if files:
+        return tuple(f"unlabeled/{f.name}" for f in files)
+    return tuple(f"unlabeled/{i}" for i in range(count))
+
+
+def _train(method: SSLMethod, ctx: EncoderContext, entry: CacheEntry) -> PretrainResult:
+    cfg = method.engine_config(ctx.profile)
+    _check(cfg, method.name)
+    pool, ctx = load_scaled_pool(ctx, cfg)
+    run = _setup(method, ctx, cfg)
+    work = entry.work_folder()
     losses: list[float] = []
-    start_epoch = _resume(folder, model, optimizer, scheduler, generator, losses)
-    step_fn = compiled_step(model, ctx.compile, total_steps)
-    views = model.view_passes(cfg.batch_size)
+    start = _resume(work, run, losses)
+    if start < 0:  # refused checkpoint: start over from a fresh model
+        run, start = _setup(method, ctx, cfg), 0
+    step_fn = compiled_step(run.model, ctx.compile, cfg.steps)
+    views = run.model.view_passes(cfg.batch_size)
+    saved = time.perf_counter()
     with progress("loss", "speed") as bar:
         task = bar.add_task(
-            f"pretrain {method.name}",
-            total=total_steps,
-            completed=start_epoch * steps_per_epoch,
-            loss="",
-            speed="",
+            f"pretrain {method.name}", total=cfg.steps, completed=start, loss="", speed=""
         )
-        for epoch in range(start_epoch, cfg.epochs):
-            epoch_loss, started = 0.0, time.perf_counter()
-            for step in range(steps_per_epoch):
-                index = sample_batch(len(pool), cfg.batch_size, generator)
-                loss = step_fn(pool, index, generator)
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise PretrainFailed(
-                        f"{method.name} pretraining loss became {value} at epoch {epoch + 1}, "
-                        f"step {step + 1}; try a lower lr (--param lr=...) or --param grad_clip=1"
-                    )
-                done = epoch * steps_per_epoch + step + 1
-                apply_step(model, loss, optimizer, scheduler, cfg.grad_clip, done / total_steps)
-                epoch_loss += value
-                rate = views * (step + 1) / (time.perf_counter() - started)
-                bar.update(task, advance=1, loss=f"loss {value:.3f}", speed=f"{rate:.0f} img/s")
-            losses.append(epoch_loss / steps_per_epoch)
-            _save_checkpoint(folder, epoch + 1, model, optimizer, scheduler, generator, losses)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}
-    save_file(state, str(folder / ENCODER_FILE))
-    _write_card(folder, method, ctx, cfg, losses)
-    (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
-    return PretrainResult(state, folder, False, losses)
+        started = time.perf_counter()
+        for step in range(start, cfg.steps):
+            index = sample_batch(len(pool), cfg.batch_size, run.generator)
+            loss = step_fn(pool, index, run.generator)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise PretrainFailed(
+                    f"{method.name} pretraining loss became {value} at step {step + 1}; try a "
+                    "lower lr (--param lr=...) or --param grad_clip=1"
+                )
+            apply_step(
+                run.model, loss, run.optimizer, run.scheduler, cfg.grad_clip, (step + 1) / cfg.steps
+            )
+            losses.append(value)
+            rate = views * (step + 1 - start) / (time.perf_counter() - started)
+            bar.update(task, advance=1, loss=f"loss {value:.3f}", speed=f"{rate:.0f} img/s")
+            if step + 1 < cfg.steps and time.perf_counter() - saved >= CHECKPOINT_SECONDS:
+                _save(work, step + 1, run, losses)
+                saved = time.perf_counter()
+    weights = run.model.exported()
+    every, means = loss_windows(losses)
+    entry.publish(weights, _card(method, ctx, cfg, entry, weights, means, every, views))
+    return PretrainResult(weights, entry.folder, False, means, every)
+
+
+def loss_windows(losses: list[float]) -> tuple[int, list[float]]:
+    """``(every, means)``: the mean loss of each run of ``every`` steps, at most ``LOSS_POINTS``."""
+    every = max(1, math.ceil(len(losses) / LOSS_POINTS))
+    return every, [
+        sum(losses[i : i + every]) / len(losses[i : i + every])
+        for i in range(0, len(losses), every)
+    ]
 
 
 def sample_batch(pool_size: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-    """Pool indices of one batch: without replacement when the pool is large enough, so no
-    image is its own in-batch negative."""
+    """Pool indices of one batch: distinct images when the pool has enough; a smaller pool is
+    repeated as evenly as possible (each image ⌊B/N⌋ or ⌈B/N⌉ times), and the losses treat the
+    copies of an image as neither positives nor negatives of each other."""
     device = generator.device
-    if pool_size >= batch_size:
-        return torch.randperm(pool_size, generator=generator, device=device)[:batch_size]
-    return torch.randint(pool_size, (batch_size,), generator=generator, device=device)
+    rounds = -(-batch_size // pool_size)
+    order = [torch.randperm(pool_size, generator=generator, device=device) for _ in range(rounds)]
+    return torch.cat(order)[:batch_size]
 
 
 def _check(cfg: PretrainConfig, name: str) -> None:
@@ -174,8 +268,8 @@ def _check(cfg: PretrainConfig, name: str) -> None:
         raise BenchError(f"{name}: schedule must be 'cosine' or 'constant', got '{cfg.schedule}'")
     if cfg.bn_views not in ("separate", "concat"):
         raise BenchError(f"{name}: bn_views must be 'separate' or 'concat', got '{cfg.bn_views}'")
-    if cfg.epochs < 1 or cfg.batch_size < 2:
-        raise BenchError(f"{name}: pretraining needs epochs ≥ 1 and batch_size ≥ 2")
+    if cfg.steps < 1 or cfg.batch_size < 2 or cfg.warmup_steps < 0:
+        raise BenchError(f"{name}: pretraining needs steps ≥ 1, batch_size ≥ 2, warmup_steps ≥ 0")
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -240,55 +334,86 @@ def compiled_step(model, mode: str, total_steps: int):
     return step
 
 
-def _resume(folder: Path, model, optimizer, scheduler, generator, losses: list[float]) -> int:
-    path = folder / CHECKPOINT_FILE
+def _resume(work: Path, run: _Training, losses: list[float]) -> int:
+    """The step to continue from: the checkpoint's, 0 without one, −1 when it was refused (moved
+    aside with a note; ``run`` may be half-restored and must be rebuilt)."""
+    path = work / CHECKPOINT_FILE
     if not path.is_file():
         return 0
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    generator.set_state(ckpt["generator"])
-    losses.extend(ckpt["losses"])
-    err_console.print(f"resuming pretraining from epoch {ckpt['epoch']} ({path})")
-    return int(ckpt["epoch"])
+    try:
+        ckpt = load_checkpoint(path)
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        run.generator.set_state(ckpt["generator"])
+        step = int(ckpt["step"])
+        restored = [float(v) for v in ckpt["losses"]]
+    except (BadCheckpoint, RuntimeError, ValueError, TypeError, KeyError) as exc:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        aside = path.with_name(f"{CHECKPOINT_FILE}.bad-{stamp}")
+        os.replace(path, aside)
+        note(f"note: resume checkpoint {path} {exc}; moved to {aside}, pretraining starts over")
+        return -1
+    losses.extend(restored)
+    note(f"resuming pretraining from step {step} ({path})")
+    return step
 
 
-def _save_checkpoint(
-    folder: Path, epoch: int, model, optimizer, scheduler, generator, losses: list[float]
-) -> None:
-    tmp = folder / (CHECKPOINT_FILE + ".tmp")
-    torch.save(
+def _save(work: Path, step: int, run: _Training, losses: list[float]) -> None:
+    save_checkpoint(
+        work,
         {
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(),
+            "step": step,
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "generator": run.generator.get_state(),
             "losses": losses,
         },
-        tmp,
     )
-    os.replace(tmp, folder / CHECKPOINT_FILE)
 
 
-def _write_card(
-    folder: Path, method: SSLMethod, ctx: EncoderContext, cfg: PretrainConfig, losses: list[float]
-) -> None:
-    config = method.pretrain_config(ctx)
-    card = {
+def _card(
+    method: SSLMethod,
+    ctx: EncoderContext,
+    cfg: PretrainConfig,
+    entry: CacheEntry,
+    weights: PretrainedWeights,
+    losses: list[float],
+    loss_every: int,
+    view_passes: int,
+) -> dict[str, Any]:
+    config = entry.expected.config
+    card: dict[str, Any] = {
         "method": method.name,
         "description": method.description,
         "encoder": ctx.encoder,
         "init": ctx.init,
-        "data": {"dataset": ctx.card.full_name, "pool": config["pool"]},
+        "parts": list(weights.parts),
+        "data": {
+            "dataset": ctx.card.full_name,
+            "pool": config["pool"],
+            "images": len(ctx.pool_names),
+        },
+        "scale": ctx.scale.describe(),
         "config": config,
+        "compute": entry.expected.compute,
         "engine": dataclasses.asdict(cfg),
-        "hash": config_hash(config),
+        "hash": entry.expected.hash,
+        "steps": cfg.steps,
+        "views_seen": view_passes * cfg.steps,
         "losses": losses,
+        "loss_every": loss_every,
         "versions": collect_versions(),
         "created": datetime.now(timezone.utc).isoformat(),
         "load_with": f"segmentation_models_pytorch.encoders.get_encoder('{ctx.encoder}', "
         "weights=None).load_state_dict(safetensors.torch.load_file(path), strict=True)",
     }
-    (folder / CARD_FILE).write_text(json.dumps(card, indent=2))
+    if weights.decoder is not None:
+        card["arch"] = weights.arch
+        card["load_decoder_with"] = (
+            f"segmentation_models_pytorch.create_model('{weights.arch}', encoder_name="
+            f"'{ctx.encoder}', encoder_weights=None, classes=N).decoder.load_state_dict("
+            "safetensors.torch.load_file(decoder_path), strict=True)"
+        )
+    return card

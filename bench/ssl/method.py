@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from bench.core.errors import BenchError
-from bench.data.cards import DatasetCard
+from bench.data.cards import NATIVE, DatasetCard, ScaleSpec
 from bench.data.images import LabeledImage
 from bench.models.encoders import EncoderState
 
@@ -38,6 +38,13 @@ class EncoderContext:
     compile: str = "off"
     split: str | None = None
     """The dataset split of the run (a pool drawn from a split's training images depends on it)."""
+    scale: ScaleSpec = NATIVE
+    """The run's working scale: the pool is brought to it before views are cut."""
+    arch: str = "unet"
+    """The fine-tuning architecture (a method that pretrains a decoder pretrains this one's)."""
+    pool_names: tuple[str, ...] = ()
+    """Set by the engine: what each pool image is (a split's stem, or ``unlabeled/<file>``), so
+    methods can tell a shot that is also a pool image and size queues to the pool."""
 
 
 @dataclass(frozen=True)
@@ -108,9 +115,8 @@ class Method(ABC):
         """What ``bench tune`` searches at this profile: parameter name → range.
 
         Keys are ``Params`` fields or, for SSL methods, pretraining-loop settings (``lr``,
-        ``epochs``... see ``bench.ssl.config.PretrainConfig``): anything ``--param`` accepts. Empty:
-        the
-        method has nothing to tune.
+        ``steps``... see ``bench.ssl.config.PretrainConfig``): anything ``--param`` accepts. Empty:
+        the method has nothing to tune.
         """
         return {}
 

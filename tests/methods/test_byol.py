@@ -12,6 +12,7 @@ import torch
 from bench.data.cards import load_card
 from bench.data.pool import load_pool
 from bench.ssl.augment import ImagePool
+from bench.ssl.config import PretrainConfig
 from bench.ssl.engine import build_optimizer
 from bench.ssl.method import EncoderContext
 from methods.byol import BYOL, BYOLModel, target_momentum
@@ -96,8 +97,11 @@ def test_exported_encoder_is_the_online_one(tmp_path):
     assert not {id(p) for p in model.target_projector.parameters()} & trained
 
 
-def test_views_blur_asymmetrically_and_params_apply(tmp_path):
+def test_views_blur_and_solarize_asymmetrically_and_params_apply(tmp_path):
     model, _ = build(tmp_path, min_scale=0.3, momentum_base=0.9)
     assert [v.blur for v in model.views] == [1.0, 0.1]
-    assert all(v.scale == (0.3, 1.0) and v.size == 48 for v in model.views)
+    assert [v.solarize for v in model.views] == [0.0, 0.2]
+    assert all(v.size == 48 and v.area_of == "view" for v in model.views)  # working pixels
+    image = BYOL({"min_scale": 0.3}).views(dataclasses.replace(PretrainConfig(), crop="image"))
+    assert all(v.scale == (0.3, 1.0) and v.area_of == "image" for v in image.values())
     assert model.momentum_base == 0.9

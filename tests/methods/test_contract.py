@@ -58,6 +58,7 @@ def test_registered_documented_and_constructible(name: str) -> None:
         for profile in PROFILES:
             for key, dim in cls.search_space(profile).items():
                 cls({key: dim.choices[0] if dim.kind == "choice" else dim.low})
+            assert method.views(method.engine_config(profile)), f"{name} declares no views"
     else:
         assert cls.kind == "supervised" and cls.fixed_init in ("random", "imagenet")
 
@@ -73,18 +74,20 @@ def test_encoder_loads_strictly_into_the_segmenter(
     ctx = context(tmp_path, cls)
     outcome = encoder_for(cls(), ctx)
     if cls.fixed_init == "random":
-        assert outcome.state is None
+        assert outcome.weights is None
         return
-    assert outcome.state is not None
-    model = build_segmenter("unet", ctx.encoder, 3, outcome.state)
+    assert outcome.weights is not None
+    model = build_segmenter("unet", ctx.encoder, 3, outcome.weights)
     loaded = model.encoder.state_dict()
-    assert all(torch.equal(loaded[k], v) for k, v in outcome.state.items())
+    assert all(torch.equal(loaded[k], v) for k, v in outcome.weights.encoder.items())
     if issubclass(cls, SSLMethod):
         losses = outcome.info["pretrain_losses"]
         assert losses and all(math.isfinite(v) for v in losses)
         again = encoder_for(cls(), ctx)
         assert again.info["pretrain_cached"] and not outcome.info["pretrain_cached"]
-        assert all(torch.equal(again.state[k], v) for k, v in outcome.state.items())
+        assert all(
+            torch.equal(again.weights.encoder[k], v) for k, v in outcome.weights.encoder.items()
+        )
 
 
 @pytest.mark.parametrize("name", SSL_METHODS)

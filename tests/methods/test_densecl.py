@@ -1,4 +1,5 @@
-"""DenseCL: backbone-feature cell matching, the two queues, the dense loss and training."""
+"""DenseCL: backbone-feature cell matching, the two queues (sized to the pool, never contrasting a
+query with a key of its own image), the dense loss and training."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from bench.core.errors import BenchError
 from bench.data.cards import load_card
 from bench.data.pool import load_pool
 from bench.ssl.augment import ImagePool
-from bench.ssl.engine import build_optimizer
+from bench.ssl.engine import build_optimizer, sample_batch
 from bench.ssl.method import EncoderContext
-from methods.densecl import DenseCL, DenseCLModel, dense_info_nce, match_cells
+from methods.densecl import DenseCL, DenseCLModel, dense_positives, match_cells
 
 CPU = torch.device("cpu")
 
@@ -29,10 +30,11 @@ def pool() -> ImagePool:
 
 
 def build(
-    tmp_path: Path, profile: str = "smoke", **params
+    tmp_path: Path, profile: str = "smoke", pool_size: int = 16, **params
 ) -> tuple[DenseCLModel, torch.optim.Optimizer]:
     card = load_card("synthetic")
     ctx = EncoderContext(card, Path("."), "resnet18", "random", profile, 0, CPU, tmp_path)
+    ctx = dataclasses.replace(ctx, pool_names=tuple(f"unlabeled/{i}" for i in range(pool_size)))
     method = DenseCL(params)
     cfg = dataclasses.replace(method.engine_config("smoke"), lr=0.05, batch_size=8)
     torch.manual_seed(0)
@@ -67,26 +69,19 @@ def test_match_cells_inverts_a_permutation():
     assert torch.equal(match_cells(feat_q, feat_k), torch.argsort(perm).expand(3, -1))
 
 
-def test_dense_info_nce_uses_the_given_key_cell():
+def test_dense_positives_are_the_matched_key_cells():
     gen = torch.Generator().manual_seed(2)
-    q = F.normalize(torch.randn(2, 5, 16, generator=gen), dim=-1)
+    k = torch.randn(2, 5, 16, generator=gen)
     perm = torch.randperm(5, generator=gen)
-    k = q[:, perm]
-    matched = torch.argsort(perm).expand(2, -1)
-    negatives = F.normalize(torch.randn(16, 10, generator=gen), dim=0)
-    loss = dense_info_nce(q, k, matched, negatives, 0.2)
-    logits = torch.cat([torch.ones(2, 5, 1), q @ negatives], dim=-1) / 0.2
-    expected = (torch.logsumexp(logits, dim=-1) - 1 / 0.2).mean()
-    torch.testing.assert_close(loss, expected)
-    same_index = torch.arange(5).expand(2, -1)
-    assert dense_info_nce(q, k, same_index, negatives, 0.2) > loss
+    index = perm.expand(2, -1)
+    assert torch.equal(dense_positives(k, index), k[:, perm])
 
 
 def test_queues_keep_size_and_normalisation(pool, tmp_path, monkeypatch):
     model, _ = build(tmp_path, queue_size=16)
-    banks = {"global": model.global_criterion.memory_bank, "dense": model.dense_queue}
+    banks = {"global": model.global_queue, "dense": model.dense_queue}
     state = model.state_dict()
-    assert "global_criterion.memory_bank.bank" in state and "dense_queue.bank" in state
+    assert {"global_queue.keys", "global_queue.ids", "dense_queue.ptr"} <= set(state)
     views = []
     real_views = densecl.make_views
 
@@ -97,40 +92,41 @@ def test_queues_keep_size_and_normalisation(pool, tmp_path, monkeypatch):
 
     monkeypatch.setattr(densecl, "make_views", recording_views)
     gen = torch.Generator().manual_seed(0)
-    initial = {k: b.bank.clone() for k, b in banks.items()}
+    initial = {k: b.keys.clone() for k, b in banks.items()}
     for b in banks.values():
-        assert b.bank.shape == (16, 128) and int(b.bank_ptr) == 0
-        torch.testing.assert_close(b.bank.norm(dim=1), torch.ones(16))
+        assert b.keys.shape == (16, 128) and int(b.ptr) == 0 and (b.ids == -1).all()
+        torch.testing.assert_close(b.keys.norm(dim=1), torch.ones(16))
 
     model.training_loss(pool, torch.arange(8), gen)
     for k, b in banks.items():
-        assert b.bank.shape == (16, 128) and int(b.bank_ptr) == 8
-        torch.testing.assert_close(b.bank.norm(dim=1), torch.ones(16))
-        assert not torch.equal(b.bank[:8], initial[k][:8])
-        assert torch.equal(b.bank[8:], initial[k][8:])
+        assert b.keys.shape == (16, 128) and int(b.ptr) == 8
+        torch.testing.assert_close(b.keys.norm(dim=1), torch.ones(16))
+        assert not torch.equal(b.keys[:8], initial[k][:8])
+        assert torch.equal(b.keys[8:], initial[k][8:])
+        assert b.ids[:8].tolist() == list(range(8)) and (b.ids[8:] == -1).all()
     # the enqueued rows are this batch's keys: global projection, and mean dense projection
     with torch.no_grad():
         feat_k = model.key_encoder(views[1])[-1]
         k_global, k_dense = model._heads(feat_k, model.key_global_head, model.key_dense_head)
-    torch.testing.assert_close(banks["global"].bank[:8], F.normalize(k_global, dim=1))
-    torch.testing.assert_close(banks["dense"].bank[:8], F.normalize(k_dense.mean(dim=1), dim=1))
+    torch.testing.assert_close(banks["global"].keys[:8], F.normalize(k_global, dim=1))
+    torch.testing.assert_close(banks["dense"].keys[:8], F.normalize(k_dense.mean(dim=1), dim=1))
 
     model.training_loss(pool, torch.arange(8, 16), gen)
     for k, b in banks.items():
-        assert b.bank.shape == (16, 128) and int(b.bank_ptr) == 0  # wrapped around
-        assert not torch.equal(b.bank[8:], initial[k][8:])
-        torch.testing.assert_close(b.bank.norm(dim=1), torch.ones(16))
-    filled = {k: b.bank.clone() for k, b in banks.items()}
+        assert b.keys.shape == (16, 128) and int(b.ptr) == 0  # wrapped around
+        assert not torch.equal(b.keys[8:], initial[k][8:])
+        torch.testing.assert_close(b.keys.norm(dim=1), torch.ones(16))
+    filled = {k: b.keys.clone() for k, b in banks.items()}
     with torch.no_grad():  # evaluation passes leave the queues alone
         model.training_loss(pool, torch.arange(8), gen)
     for k, b in banks.items():
-        assert int(b.bank_ptr) == 0 and torch.equal(b.bank, filled[k])
+        assert int(b.ptr) == 0 and torch.equal(b.keys, filled[k])
 
 
 def test_dense_loss_uses_backbone_matches(pool, tmp_path, monkeypatch):
     model, _ = build(tmp_path)
     seen: dict[str, torch.Tensor] = {}
-    real_match, real_loss = densecl.match_cells, densecl.dense_info_nce
+    real_match, real_positives = densecl.match_cells, densecl.dense_positives
 
     def recording_match(feat_q, feat_k):
         seen["feat_q"], seen["feat_k"] = feat_q, feat_k
@@ -138,12 +134,12 @@ def test_dense_loss_uses_backbone_matches(pool, tmp_path, monkeypatch):
         seen["given"] = seen["real"].flip(-1)  # a different, known assignment
         return seen["given"]
 
-    def recording_loss(q_grid, k_grid, index, negatives, temperature):
+    def recording_positives(k_grid, index):
         seen["index"], seen["k_grid"] = index, k_grid
-        return real_loss(q_grid, k_grid, index, negatives, temperature)
+        return real_positives(k_grid, index)
 
     monkeypatch.setattr(densecl, "match_cells", recording_match)
-    monkeypatch.setattr(densecl, "dense_info_nce", recording_loss)
+    monkeypatch.setattr(densecl, "dense_positives", recording_positives)
     model.training_loss(pool, torch.arange(8), torch.Generator().manual_seed(0))
     channels = model.encoder.out_channels[-1]
     assert seen["feat_q"].shape == seen["feat_k"].shape == (8, channels, 2, 2)  # backbone maps
@@ -172,10 +168,44 @@ def test_key_network_is_a_momentum_copy(pool, tmp_path):
     }
 
 
-def test_queue_size_follows_the_profile(tmp_path):
-    assert build(tmp_path)[0].dense_queue.bank.shape[0] == 256
-    model, _ = build(tmp_path, profile="standard")
-    assert model.dense_queue.bank.shape == (4096, 128)
-    assert model.global_criterion.memory_bank.bank.shape == (4096, 128)
+def test_queues_are_sized_to_the_pool(tmp_path):
+    assert build(tmp_path, pool_size=164)[0].dense_queue.keys.shape == (164, 128)
+    model, _ = build(tmp_path, pool_size=4)  # a pool smaller than a batch: one batch of keys
+    assert model.global_queue.keys.shape == (8, 128) and model.dense_queue.keys.shape == (8, 128)
+    assert build(tmp_path, pool_size=4, queue_size=32)[0].global_queue.keys.shape[0] == 32
     with pytest.raises(BenchError, match="queue_size"):
         build(tmp_path, queue_size=4)
+
+
+def test_the_queue_never_gives_a_query_a_key_of_its_own_image(pool, tmp_path, monkeypatch):
+    """A pool of 4 images at batch 8 (every image twice): once the queues hold keys of every
+    image, both losses equal InfoNCE computed by hand over the keys of the other images only."""
+    small = ImagePool([pool.data[i, 0].numpy() for i in range(4)], CPU)
+    model, optimizer = build(tmp_path, pool_size=4, queue_size=16)
+    real = densecl.queue_info_nce
+    own_keys_seen = []
+
+    def checked(q, k, queue, queue_ids, ids, temperature):
+        got = real(q, k, queue, queue_ids, ids, temperature)
+        rows = q if q.dim() == 3 else q[:, None]
+        positives = k if k.dim() == 3 else k[:, None]
+        terms = []
+        for b in range(len(ids)):
+            others = queue[queue_ids != ids[b]]
+            pos = (rows[b] * positives[b]).sum(-1, keepdim=True)
+            logits = torch.cat([pos, rows[b] @ others.T], dim=1) / temperature
+            labels = torch.zeros(len(logits), dtype=torch.long)
+            terms.append(F.cross_entropy(logits, labels, reduction="none"))
+        torch.testing.assert_close(got, torch.cat(terms).mean())
+        own_keys_seen.append(bool((ids[:, None] == queue_ids[None, :]).any(dim=1).all()))
+        return got
+
+    monkeypatch.setattr(densecl, "queue_info_nce", checked)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        loss = model.training_loss(small, sample_batch(4, 8, gen), gen)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert set(model.global_queue.ids.tolist()) == {0, 1, 2, 3}
+    assert own_keys_seen[-1]  # every query met keys of its own image in the queue: left out

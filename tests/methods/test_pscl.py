@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.encoders import get_encoder
@@ -18,6 +19,7 @@ from bench.data.pool import load_pool
 from bench.data.sources import load_labeled
 from bench.data.synthetic import generate_labeled
 from bench.ssl.augment import ImagePool
+from bench.ssl.config import PretrainConfig
 from bench.ssl.method import EncoderContext
 from bench.ssl.registry import get_method
 from methods.pscl import (
@@ -29,6 +31,7 @@ from methods.pscl import (
     match_templates,
     negative_mask,
     patch_contrast,
+    pscl_view,
     sample_labeled,
 )
 
@@ -68,10 +71,17 @@ def subview(sub=(0.0, 0.0, 1.0, 1.0), hflip=False, vflip=False, rot=0) -> SubVie
     )
 
 
+def context(card, profile: str, cache: Path, **kw) -> EncoderContext:
+    return EncoderContext(card, Path("."), "resnet18", "random", profile, 0, CPU, cache, **kw)
+
+
 def model_for(shots, num_classes, view_size=64, **params) -> PSCLModel:
     torch.manual_seed(0)
     encoder = get_encoder("resnet18", in_channels=3, depth=5, weights=None)
-    return PSCLModel(encoder, shots, num_classes, PSCLParams(**params), view_size, "separate", CPU)
+    p = PSCLParams(**params)
+    view = pscl_view(p, PretrainConfig(view_size=view_size, crop="image"))
+    ids = list(range(100, 100 + len(shots)))
+    return PSCLModel(encoder, shots, ids, num_classes, p, view, "separate", CPU)
 
 
 # ---------------------------------------------------------------------------------------- geometry
@@ -298,10 +308,94 @@ def test_method_registration_and_checks(card, shot):
     assert config["shots"] == ["train_000"] and config["draw"] == 2
     cfg = method.engine_config("smoke")
     assert cfg.optimizer == "adam" and cfg.view_size == 64 and cfg.batch_size == 4
-    assert get_method("pscl")().engine_config("paper").lr == 1e-4
+    seed = get_method("pscl")().engine_config("pscl-paper")
+    assert (seed.lr, seed.batch_size, seed.steps, seed.view_size) == (1e-4, 8, 4800, 384)
+    assert (seed.optimizer, seed.weight_decay, seed.schedule) == ("adam", 0.0, "constant")
     encoder = get_encoder("resnet18", in_channels=3, depth=5, weights=None)
     with pytest.raises(BenchError, match="shots"):
         method.build_model(encoder, EncoderContext(**{**ctx.__dict__, "shots": []}), cfg)
     bad = get_method("pscl")({"view_size": 72})
     with pytest.raises(BenchError, match="multiple of 16"):
         bad.build_model(encoder, ctx, bad.engine_config("smoke"))
+    whole = get_method("pscl")({"view_size": 80, "network": "whole"})
+    with pytest.raises(BenchError, match="multiple of 32"):
+        whole.build_model(encoder, ctx, whole.engine_config("smoke"))
+    plusplus = EncoderContext(**{**ctx.__dict__, "arch": "unetplusplus"})
+    with pytest.raises(BenchError, match="network=encoder"):
+        get_method("pscl")({"network": "whole"}).build_model(encoder, plusplus, cfg)
+
+
+def test_network_is_whole_in_pscl_paper_and_recorded(card, shot):
+    ctx = context(card, "pscl-paper", Path("/tmp"), shots=[shot])
+    method = get_method("pscl")()
+    assert method.network("pscl-paper") == "whole" and method.network("standard") == "encoder"
+    config = method.pretrain_config(ctx)
+    assert config["params"]["network"] == "whole" and config["arch"] == "unet"
+    quick = method.pretrain_config(EncoderContext(**{**ctx.__dict__, "profile": "quick"}))
+    assert quick["params"]["network"] == "encoder" and "arch" not in quick
+    assert get_method("pscl")({"network": "encoder"}).network("pscl-paper") == "encoder"
+
+
+def test_a_shot_that_is_also_a_pool_image_keeps_its_id(card, shot):
+    names = ("train_005", "train_000", "train_009")
+    ctx = context(card, "smoke", Path("/tmp"), shots=[shot], pool_names=names)
+    method = get_method("pscl")()
+    encoder = get_encoder("resnet18", in_channels=3, depth=5, weights=None)
+    model = method.build_model(encoder, ctx, method.engine_config("smoke"))
+    assert model.shot_pool.ids.tolist() == [1]  # train_000 is pool image 1
+    apart = EncoderContext(**{**ctx.__dict__, "pool_names": ("unlabeled/a.png",)})
+    model = method.build_model(encoder, apart, method.engine_config("smoke"))
+    assert model.shot_pool.ids.tolist() == [-1]  # not a pool image: an id no pool image has
+
+
+def test_whole_network_pretrains_decoder_maps_at_strides_4_2_1(pool, shot):
+    torch.manual_seed(0)
+    segmenter = smp.Unet("resnet18", encoder_weights=None, classes=3)
+    p = PSCLParams(network="whole")
+    view = pscl_view(p, PretrainConfig(view_size=64, crop="image"))
+    encoder, decoder = segmenter.encoder, segmenter.decoder
+    model = PSCLModel(encoder, [shot], [100], 3, p, view, "separate", CPU, decoder, "unet")
+    top, maps = model.features(torch.randn(2, 3, 64, 64))
+    assert top.shape[-2:] == (2, 2)  # image level: the pooled last encoder stage
+    assert [m.shape[1:] for m in maps] == [(64, 16, 16), (32, 32, 32), (16, 64, 64)]
+    before = {k: v.clone() for k, v in segmenter.decoder.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = model.training_loss(pool, torch.tensor([0, 1]), torch.Generator().manual_seed(0))
+    loss.backward()
+    optimizer.step()
+    assert len(model.last_counts) == 3
+    changed = [
+        k for k, v in segmenter.decoder.state_dict().items() if not torch.equal(v, before[k])
+    ]
+    assert changed  # the decoder is trained
+
+
+def test_pscls_exported_segmenter_loads_with_its_decoder(tmp_path, card, shot):
+    """Through the engine and its cache: every exported tensor, encoder and decoder, is in the
+    fine-tuning segmenter after loading; the head starts random."""
+    from bench.models.segmenter import build_segmenter
+    from bench.ssl.cache import DECODER_FILE, BadEntry, verify
+    from bench.ssl.engine import cache_entry, encoder_for
+
+    ctx = context(card, "smoke", tmp_path, shots=[shot], arch="unet")
+    outcome = encoder_for(get_method("pscl")({"network": "whole"}), ctx)
+    weights = outcome.weights
+    assert weights.parts == ("encoder", "decoder") and weights.arch == "unet"
+    assert outcome.info["pretrained_parts"] == ["encoder", "decoder"]
+    model = build_segmenter("unet", "resnet18", 3, weights)
+    for part, state in (("encoder", weights.encoder), ("decoder", weights.decoder)):
+        loaded = getattr(model, part).state_dict()
+        assert set(loaded) == set(state)
+        assert all(torch.equal(loaded[k], v) for k, v in state.items()), part
+    random = smp.Unet("resnet18", encoder_weights=None, classes=3).decoder.state_dict()
+    assert any(not torch.equal(random[k], v) for k, v in weights.decoder.items())
+    again = encoder_for(get_method("pscl")({"network": "whole"}), ctx)  # from the cache
+    assert again.info["pretrain_cached"]
+    assert all(torch.equal(again.weights.decoder[k], v) for k, v in weights.decoder.items())
+    with pytest.raises(BenchError, match="unet decoder"):
+        build_segmenter("unetplusplus", "resnet18", 3, weights)
+    entry = cache_entry(get_method("pscl")({"network": "whole"}), ctx)
+    decoder = entry.folder / DECODER_FILE
+    decoder.write_bytes(decoder.read_bytes()[:100])
+    with pytest.raises(BadEntry, match=r"decoder\.safetensors does not match the checksum"):
+        verify(entry.folder, entry.expected)

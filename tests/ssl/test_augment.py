@@ -1,13 +1,26 @@
-"""Batched view augmentation: per-sample parameters, value range, and its distributions."""
+"""Batched view augmentation: per-sample parameters, value range, and its distributions (crop
+boxes against torchvision's own ``RandomResizedCrop``)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pytest
 import torch
+from scipy.stats import ks_2samp
+from torchvision.transforms import ColorJitter, RandomResizedCrop
 
-from bench.ssl.augment import ImagePool, ViewConfig, make_views, sample_boxes
+from bench.ssl.augment import (
+    ImagePool,
+    ViewConfig,
+    jitter,
+    make_views,
+    sample_boxes,
+    sized,
+    solarize,
+)
+from bench.ssl.config import PretrainConfig
 
 
 def _pool(n=4, h=120, w=160):
@@ -74,3 +87,86 @@ def test_crop_and_flip_reproduce_the_source_pixels():
     gray = views.images[0, 0] * 0.229 + 0.485
     expected = torch.from_numpy(image[:, ::-1].copy()).float() / 255
     torch.testing.assert_close(gray, expected, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [(0.08, 1.0), (0.2, 1.0), (0.5, 1.0)])
+def test_crop_boxes_follow_torchvision_on_a_1024x702_frame(scale):
+    """Area fraction, aspect ratio, offsets and the fallback rate against torchvision's own
+    ``RandomResizedCrop.get_params`` (10 rejection attempts, then the central crop)."""
+    height, width, n = 702, 1024, 6000
+    torch.manual_seed(0)
+    frame = torch.zeros(1, height, width)
+    ref = np.array(
+        [RandomResizedCrop.get_params(frame, list(scale), [3 / 4, 4 / 3]) for _ in range(n)]
+    )  # rows: top, left, h, w
+    sizes = torch.tensor([[height, width]], dtype=torch.float32).repeat(n, 1)
+    ours = sample_boxes(sizes, ViewConfig(scale=scale), torch.Generator().manual_seed(1)).numpy()
+    ow, oh = ours[:, 2] - ours[:, 0], ours[:, 3] - ours[:, 1]
+    assert (ow == np.round(ow)).all() and (ours[:, :2] >= 0).all()
+    assert (ours[:, 2] <= width).all() and (ours[:, 3] <= height).all()
+    pairs = {
+        "area": (ref[:, 2] * ref[:, 3], ow * oh),
+        "aspect": (ref[:, 3] / ref[:, 2], ow / oh),
+        "top": (ref[:, 0], ours[:, 1]),
+        "left": (ref[:, 1], ours[:, 0]),
+    }
+    for name, (theirs, mine) in pairs.items():
+        assert ks_2samp(theirs, mine).pvalue > 1e-3, name
+    area = ow * oh / (height * width)
+    assert abs(area.mean() - (ref[:, 2] * ref[:, 3]).mean() / (height * width)) < 0.01
+    fallback_theirs, fallback_ours = (ref[:, 2] == height).mean(), (oh == height).mean()
+    assert abs(fallback_theirs - fallback_ours) < 0.01 + 0.5 * fallback_theirs
+
+
+def test_fallback_is_torchvisions_central_crop():
+    """No attempt can fit (area ≥ 2× the image): the whole image clamped to the ratio, centred."""
+    cfg = ViewConfig(scale=(2.0, 3.0), ratio=(3 / 4, 4 / 3))
+    sizes = torch.tensor([[100.0, 400.0], [300.0, 200.0], [100.0, 120.0]])
+    boxes = sample_boxes(sizes, cfg, torch.Generator().manual_seed(0))
+    # 400 wide × 100 high is wider than 4/3: height 100, width round(133.3) = 133, centred
+    assert boxes[0].tolist() == [133.0, 0.0, 266.0, 100.0]
+    # 200 × 300 is taller than 3/4: width 200, height round(266.7) = 267, centred
+    assert boxes[1].tolist() == [0.0, 16.0, 200.0, 283.0]
+    assert boxes[2].tolist() == [0.0, 0.0, 120.0, 100.0]  # within the ratio range: whole image
+
+
+def test_working_pixel_crops_cover_the_view_size_times_the_zoom():
+    run = PretrainConfig(view_size=96, zoom_min=0.8, zoom_max=1.25)
+    cfg = sized(ViewConfig(scale=(0.08, 1.0)), run)
+    assert cfg.area_of == "view" and cfg.scale == pytest.approx((0.64, 1.5625)) and cfg.size == 96
+    n = 4000
+    sizes = torch.tensor([[702.0, 1024.0]]).repeat(n, 1)
+    boxes = sample_boxes(sizes, cfg, torch.Generator().manual_seed(0))
+    side = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])) / 96
+    assert side.min() >= 0.79 and side.max() <= 1.26  # zoom within 0.8–1.25 (whole pixels)
+    # area uniform in 0.64..1.5625 view areas: mean zoom² ≈ 1.10
+    assert abs((side**2).mean().item() - (0.64 + 1.5625) / 2) < 0.02
+    image = sized(ViewConfig(scale=(0.08, 1.0)), PretrainConfig(crop="image", view_size=96))
+    assert image.area_of == "image" and image.scale == (0.08, 1.0)
+
+
+def test_jitter_matches_torchvision_colorjitter_on_gray_images():
+    """Per-sample brightness/contrast jitter: the distributions of the output's mean and spread
+    match torchvision's ``ColorJitter`` (random order, clamping) on the same gray image."""
+    n = 3000
+    image = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    cfg = ViewConfig(jitter=1.0, brightness=0.8, contrast=0.8)
+    ours = jitter(image.repeat(n, 1, 1, 1), cfg, torch.Generator().manual_seed(1))[:, 0]
+    torch.manual_seed(2)
+    reference = ColorJitter(brightness=0.8, contrast=0.8)
+    theirs = torch.stack([reference(image[0].expand(3, -1, -1))[0] for _ in range(n)])
+    for stat in (lambda t: t.mean(dim=(1, 2)), lambda t: t.std(dim=(1, 2))):
+        assert ks_2samp(stat(theirs).numpy(), stat(ours).numpy()).pvalue > 1e-3
+    applied = jitter(image.repeat(n, 1, 1, 1), ViewConfig(jitter=0.8), torch.Generator())
+    rate = (applied != image).any(dim=(1, 2, 3)).float().mean().item()
+    assert abs(rate - 0.8) < 0.03
+
+
+def test_solarize_inverts_bright_values_with_its_probability():
+    x = torch.linspace(0, 1, 11).view(1, 1, 1, 11).repeat(2000, 1, 1, 1)
+    out = solarize(x, ViewConfig(solarize=0.2), torch.Generator().manual_seed(0))
+    changed = (out != x).any(dim=(1, 2, 3)).float().mean().item()
+    assert abs(changed - 0.2) < 0.03
+    row = out[(out != x).any(dim=(1, 2, 3))][0, 0, 0]
+    expected = torch.where(x[0, 0, 0] >= 0.5, 1 - x[0, 0, 0], x[0, 0, 0])
+    torch.testing.assert_close(row, expected)

@@ -21,7 +21,7 @@ def test_declared_search_spaces_are_valid_params() -> None:
 
     searched = {}
     for cls in all_methods():
-        for profile in ("smoke", "quick", "standard", "paper"):
+        for profile in ("smoke", "quick", "standard", "matssl-paper", "pscl-paper"):
             space = cls.search_space(profile)
             for edge in ("low", "high"):
                 values = {
@@ -36,8 +36,8 @@ def test_declared_search_spaces_are_valid_params() -> None:
                 defaults,
             )
             searched[cls.name] = set(space)
-    assert {"lr", "temperature", "epochs"} <= searched["simclr"]
-    assert {"lr", "temperature", "epochs"} <= searched["matssl"]
+    assert {"lr", "temperature", "steps"} <= searched["simclr"]
+    assert {"lr", "temperature", "steps"} <= searched["matssl"]
     assert {"lr", "temperature", "loss_lambda"} <= searched["densecl"]
     assert {"lr", "temperature", "patch_weight"} <= searched["pscl"]
     assert {"lr", "momentum_base"} <= searched["byol"]

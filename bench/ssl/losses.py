@@ -1,0 +1,56 @@
+"""Contrastive losses that never use a crop of an image as that image's negative.
+
+A pool smaller than the batch repeats images within a batch (``bench.ssl.engine.sample_batch``),
+and a queue of past keys holds keys of the query's own image. Both losses take the image id of
+every row and leave same-image pairs out of the denominator: such a pair is neither a positive nor
+a negative (the mechanism: mask, not cap the batch, so the batch size, BatchNorm statistics and
+cost per step stay the same on every dataset). With distinct ids they are the usual losses.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def nt_xent(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float, ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """NT-Xent (SimCLR) over the 2B views of a batch: row i's positive is the other view of i,
+    its negatives every view of an image with another id. ``ids`` None: all distinct (then this
+    equals lightly's ``NTXentLoss``)."""
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    logits = (z @ z.T).float() / temperature
+    both = torch.arange(n, device=z.device) if ids is None else ids.to(z.device)
+    both = torch.cat([both, both])
+    rows = torch.arange(2 * n, device=z.device)
+    positive = (rows + n) % (2 * n)
+    excluded = both[:, None] == both[None, :]
+    excluded[rows, positive] = False
+    return F.cross_entropy(logits.masked_fill(excluded, -torch.inf), positive)
+
+
+def queue_info_nce(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    queue: torch.Tensor,
+    queue_ids: torch.Tensor,
+    ids: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """InfoNCE of each query (``q``, ``B×D``) against its key (``k``) and the queue's keys
+    (``K×D``) of other images: queue entries whose id equals the query's are left out.
+
+    ``q``, ``k``, ``queue``: L2-normalised. ``q`` may be ``B×N×D`` (dense: every cell of image b
+    shares ``ids[b]``) with ``k`` its matched positives of the same shape.
+    """
+    pos = (q * k).sum(dim=-1, keepdim=True)
+    neg = q @ queue.to(q.dtype).T
+    same = (ids[:, None] == queue_ids[None, :]).to(q.device)
+    if q.dim() == 3:
+        same = same[:, None, :].expand(-1, q.shape[1], -1)
+    logits = torch.cat([pos, neg.masked_fill(same, -torch.inf)], dim=-1).float() / temperature
+    logits = logits.flatten(0, -2)
+    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits, labels)
