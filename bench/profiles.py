@@ -18,10 +18,11 @@ Selection is always on validation; the seeds selected on test, which the stored 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.core.errors import BenchError
 from bench.finetune.config import FinetuneConfig, with_overrides
+from bench.finetune.probe import ProbeConfig
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class Profile:
     finetune: FinetuneConfig
     default_init: str
     description: str
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """The frozen-encoder probe's schedule (the second evaluation mode)."""
 
 
 PROFILES: dict[str, Profile] = {
@@ -47,6 +50,7 @@ PROFILES: dict[str, Profile] = {
         ),
         "random",
         "seconds: tests and CI",
+        ProbeConfig(steps=20, eval_every=10),
     ),
     "quick": Profile(
         "quick",

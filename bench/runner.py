@@ -1,4 +1,5 @@
-"""One benchmark run: method → encoder weights → few-shot fine-tune → evaluation → results store.
+"""One benchmark run: method → encoder weights → few-shot fine-tune and frozen-encoder probe →
+evaluation → results store.
 
 ``RunSpec`` names a grid point (method, dataset, split, shots, draw, profile...). ``run_one``
 executes it against a ``RunEnv`` (data root, store, device, caches) and records it; a grid point
@@ -31,9 +32,11 @@ from bench.data.protocol import Partition, draw_shots, parse_shots, partition
 from bench.data.sources import load_labeled, resolve_data_root, source_for
 from bench.finetune.config import FinetuneConfig
 from bench.finetune.metrics import Summary
+from bench.finetune.probe import ProbeConfig, probe
 from bench.finetune.train import FinetuneResult, finetune
+from bench.models.encoders import build_encoder, load_strict
 from bench.models.scale import resolve_scale
-from bench.models.segmenter import build_segmenter
+from bench.models.segmenter import PretrainedWeights, build_segmenter
 from bench.profiles import finetune_config, get_profile
 from bench.results.store import MetricRow, NewRun, ResultStore
 from bench.ssl.engine import encoder_for
@@ -41,6 +44,10 @@ from bench.ssl.method import EncoderContext, Method
 from bench.ssl.registry import get_method
 
 PROTOCOL_VERSION = 1
+
+MODES = ("finetune", "probe")
+"""Evaluation modes: ``finetune`` trains every weight from the encoder's starting point; ``probe``
+freezes the encoder and trains a linear head on its features (``bench.finetune.probe``)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,8 @@ class RunSpec:
     seed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)
+    modes: tuple[str, ...] = MODES
+    """Evaluation modes to run on the same encoder (see ``MODES``)."""
 
 
 @dataclass
@@ -97,7 +106,10 @@ class RunOutcome:
     config_hash: str
     run_id: int | None
     scores: dict[str, float]
+    """Fine-tuning's headline scores (``scores_of``); empty when the run did not fine-tune."""
     error: str | None = None
+    probe: dict[str, float] = field(default_factory=dict)
+    """The probe's headline scores, same keys; empty when the run did not probe."""
 
 
 @dataclass
@@ -106,6 +118,7 @@ class PreparedRun:
     card: DatasetCard
     method: Method
     cfg: FinetuneConfig
+    probe_cfg: ProbeConfig
     init: str
     split: str
     shots: list[LabeledImage]
@@ -120,6 +133,7 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
     card = load_card(spec.dataset)
     profile = get_profile(spec.profile)
     method = get_method(spec.method)(spec.params)
+    modes = check_modes(spec.modes)
     cfg = finetune_config(profile, **spec.finetune)
     init = method.init_for(spec.init or profile.default_init)
     split = source_for(card, env.data_root).split_name(spec.split)
@@ -161,10 +175,35 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
         "scale": scale.describe(),
         "finetune": dataclasses.asdict(cfg),
         "pretrain": method.pretrain_config(ctx),
+        "modes": list(modes),
     }
+    if "probe" in modes:
+        config["probe"] = dataclasses.asdict(profile.probe)
     return PreparedRun(
-        spec, card, method, cfg, init, split, shots, data, ctx, config, config_hash(config)
+        spec,
+        card,
+        method,
+        cfg,
+        profile.probe,
+        init,
+        split,
+        shots,
+        data,
+        ctx,
+        config,
+        config_hash(config),
     )
+
+
+def check_modes(modes: tuple[str, ...]) -> tuple[str, ...]:
+    """``modes`` in the canonical order; an empty or unknown mode is a BenchError."""
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown or not modes:
+        raise BenchError(
+            f"unknown evaluation mode(s) {unknown or '(none given)'}; "
+            f"choose from {', '.join(MODES)}"
+        )
+    return tuple(m for m in MODES if m in modes)
 
 
 def run_one(
@@ -180,46 +219,114 @@ def run_one(
         done = env.store.succeeded(run.hash)
         if done is not None:
             return RunOutcome(
-                spec, "skipped", run.hash, done.id, _stored_scores(env.store, done.id)
+                spec,
+                "skipped",
+                run.hash,
+                done.id,
+                _stored_scores(env.store, done.id, "finetune"),
+                probe=_stored_scores(env.store, done.id, "probe"),
             )
     run_id = env.store.start_run(_new_run(run, env))
     started = time.time()
+    results: dict[str, FinetuneResult] = {}
+    seconds: dict[str, float] = {}
     try:
         encoder = encoder_for(run.method, run.ctx)
-        pretrain_seconds = time.time() - started
-        torch.manual_seed(run.config["seed"])
-        model = build_segmenter(
-            run.cfg.arch, run.cfg.encoder, run.card.num_classes, encoder.weights
-        )
+        seconds["encoder"] = time.time() - started
         label = f"{run.method.name} {run.card.full_name} {spec.shots}-shot draw {spec.draw}"
-        result = finetune(
-            model,
-            run.shots,
-            run.data.val,
-            run.data.test,
-            run.card,
-            run.cfg,
-            env.device,
-            run.config["seed"],
-            label,
-            on_eval=on_eval,
-            compile=env.compile,
-            pretrained=encoder.weights.parts if encoder.weights else (),
-        )
+        for mode in run.config["modes"]:
+            began = time.time()
+            if mode == "finetune":
+                results[mode] = _finetune(run, env, encoder.weights, label, on_eval)
+            else:
+                results[mode] = _probe(run, env, encoder.weights, f"{label} probe")
+            seconds[mode] = time.time() - began
     except BenchError as exc:
         env.store.fail_run(run_id, str(exc))
         raise
     except BaseException as exc:
         env.store.fail_run(run_id, "".join(traceback.format_exception(exc)))
         raise
-    rows = metric_rows(result, run.card)
-    summary = {
+    rows = [row for mode, result in results.items() for row in metric_rows(result, mode)]
+    summary: dict[str, Any] = {
         **encoder.info,
-        "predictions": save_predictions(
-            result.selected.predictions, env.cache_dir / "predictions" / run.hash
-        ),
+        "seconds": {"total": time.time() - started, **seconds},
+    }
+    tuned = results.get("finetune")
+    if tuned is not None:
+        summary |= {
+            "predictions": save_predictions(
+                tuned.selected.predictions, env.cache_dir / "predictions" / run.hash
+            ),
+            "finetune_compiled": tuned.compiled,
+            **_training_record(tuned),
+        }
+    if "probe" in results:
+        summary["probe"] = _training_record(results["probe"])
+    first = results[run.config["modes"][0]]
+    summary["absent_classes"] = first.selected.test["honest"].summary.absent
+    env.store.finish_run(run_id, rows, summary, replace=env.force)
+    return RunOutcome(
+        spec,
+        "succeeded",
+        run.hash,
+        run_id,
+        scores_of(tuned) if tuned is not None else {},
+        probe=scores_of(results["probe"]) if "probe" in results else {},
+    )
+
+
+def _finetune(
+    run: PreparedRun,
+    env: RunEnv,
+    weights: PretrainedWeights | None,
+    label: str,
+    on_eval: Callable[[int, float], None] | None,
+) -> FinetuneResult:
+    torch.manual_seed(run.config["seed"])
+    model = build_segmenter(run.cfg.arch, run.cfg.encoder, run.card.num_classes, weights)
+    return finetune(
+        model,
+        run.shots,
+        run.data.val,
+        run.data.test,
+        run.card,
+        run.cfg,
+        env.device,
+        run.config["seed"],
+        label,
+        on_eval=on_eval,
+        compile=env.compile,
+        pretrained=weights.parts if weights else (),
+    )
+
+
+def _probe(
+    run: PreparedRun, env: RunEnv, weights: PretrainedWeights | None, label: str
+) -> FinetuneResult:
+    """The frozen-encoder probe on the same starting encoder (its decoder, if any, is unused)."""
+    torch.manual_seed(run.config["seed"])
+    encoder = build_encoder(run.cfg.encoder)
+    if weights is not None:
+        load_strict(encoder, weights.encoder, f"{run.cfg.encoder} encoder")
+    return probe(
+        encoder,
+        run.shots,
+        run.data.val,
+        run.data.test,
+        run.card,
+        run.cfg.scale,
+        run.probe_cfg,
+        env.device,
+        run.config["seed"],
+        label,
+    )
+
+
+def _training_record(result: FinetuneResult) -> dict[str, Any]:
+    """What the run record keeps of one mode's training: losses, evaluations, the selected step."""
+    return {
         "selected_step": result.selected.step,
-        "finetune_compiled": result.compiled,
         "losses": result.losses,
         "evals": [
             {
@@ -229,11 +336,7 @@ def run_one(
             }
             for e in result.evals
         ],
-        "seconds": {"total": time.time() - started, "encoder": pretrain_seconds},
-        "absent_classes": result.selected.test["honest"].summary.absent,
     }
-    env.store.finish_run(run_id, rows, summary, replace=env.force)
-    return RunOutcome(spec, "succeeded", run.hash, run_id, scores_of(result))
 
 
 def save_predictions(predictions: dict[str, np.ndarray], folder: Path) -> dict[str, str]:
@@ -281,20 +384,30 @@ def scores_of(result: FinetuneResult) -> dict[str, float]:
     return scores
 
 
-def metric_rows(result: FinetuneResult, card: DatasetCard) -> list[MetricRow]:
+def metric_rows(result: FinetuneResult, mode: str = "finetune") -> list[MetricRow]:
+    """The store's rows of one evaluation mode: validation, and every protocol's test scores at
+    the validation-selected step and (labelled oracle) at the best test step."""
     rows: list[MetricRow] = []
     selected = result.selected
-    rows += _summary_rows("honest", "val", "val", selected.val_score, selected.val, selected.step)
+    rows += _summary_rows(
+        mode, "honest", "val", "val", selected.val_score, selected.val, selected.step
+    )
     for name, res in selected.test.items():
-        rows += _summary_rows(name, "val", "test", res.score, res.summary, selected.step)
+        rows += _summary_rows(mode, name, "val", "test", res.score, res.summary, selected.step)
         oracle = result.oracle(name)
         ores = oracle.test[name]
-        rows += _summary_rows(name, "oracle", "test", ores.score, ores.summary, oracle.step)
+        rows += _summary_rows(mode, name, "oracle", "test", ores.score, ores.summary, oracle.step)
     return rows
 
 
 def _summary_rows(
-    protocol: str, selection: str, part: str, score: float, summary: Summary, step: int
+    mode: str,
+    protocol: str,
+    selection: str,
+    part: str,
+    score: float,
+    summary: Summary,
+    step: int,
 ) -> list[MetricRow]:
     def row(metric: str, value: float, class_id: int | None = None) -> MetricRow:
         return MetricRow(
@@ -304,6 +417,7 @@ def _summary_rows(
             metric=metric,
             value=value,
             class_id=class_id,
+            mode=mode,
         )
 
     rows = [
@@ -318,8 +432,8 @@ def _summary_rows(
     return rows
 
 
-def _stored_scores(store: ResultStore, run_id: int) -> dict[str, float]:
-    frame = store.metrics_frame(run_id=run_id)
+def _stored_scores(store: ResultStore, run_id: int, mode: str) -> dict[str, float]:
+    frame = store.metrics_frame(run_id=run_id, mode=mode)
     test = frame[(frame.metric == "score") & (frame.split_part == "test")]
     scores = {r.protocol: r.value for r in test[test.selection == "val"].itertuples()}
     oracle = test[(test.selection == "oracle") & (test.protocol == "honest")]

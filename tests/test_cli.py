@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -191,9 +190,8 @@ def test_run_smoke_end_to_end_then_skip_then_force(
     code, out, err = cli(argv)
     assert code == 0, err
     assert "Traceback" not in err
-    mean_rows = [line for line in out.splitlines() if "mean ± std" in line]
-    assert len(mean_rows) == 1, out
-    assert re.search(r"\d+\.\d+ ± \d+\.\d+ \(n=2\)", mean_rows[0]), mean_rows[0]
+    mean_rows = [line for line in out.splitlines() if "mean n=2" in line]
+    assert [row.split()[2] for row in mean_rows] == ["finetune", "probe"], out
 
     store = ResultStore(tmp_store_url)  # BENCH_STORE points here (conftest)
     first = store.runs()
@@ -209,7 +207,7 @@ def test_run_smoke_end_to_end_then_skip_then_force(
     assert code == 0, err
     assert out.count("skipped scratch 1-shot draw") == 2, out
     assert [r.id for r in store.runs()] == [r.id for r in first]  # nothing new started
-    assert any("(n=2)" in line for line in out.splitlines() if "mean ± std" in line)
+    assert sum("mean n=2" in line for line in out.splitlines()) == 2, out
 
     code, out, err = cli([*argv, "--force"])
     assert code == 0, err
@@ -325,3 +323,43 @@ def test_an_interrupted_forced_redo_keeps_the_earlier_result(tmp_path: Path) -> 
     assert "results stored so far are kept" in err
     assert store.succeeded(run.hash).id == earlier
     assert [r.status for r in store.runs()] == ["succeeded", "failed"]
+
+
+def test_run_output_fits_80_columns_and_shows_every_stored_score(
+    cli, tmp_store_url: str, one_torch_thread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench.core import console as consoles
+    from bench.reporting.tables import pct
+
+    argv = ["run", "--method", "scratch", "--dataset", "synthetic", "--profile", "smoke"]
+    monkeypatch.setattr(consoles.console, "width", 80)
+    code, out, err = cli([*argv, "--draws", "2"])
+    assert code == 0, err
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    assert "…" not in out
+    header = next(line.split() for line in out.splitlines() if line.split()[:2] == ["draw", "mode"])
+    frame = ResultStore(tmp_store_url).metrics_frame(metric="score", selection="val")
+    for draw in (0, 1):
+        for mode in ("finetune", "probe"):
+            row = next(
+                line.split() for line in out.splitlines() if line.split()[:2] == [str(draw), mode]
+            )
+            for column, shown in zip(header[2:], row[2:], strict=True):
+                if column == "oracle":
+                    continue
+                part, protocol = ("val", "honest") if column == "val" else ("test", column)
+                stored = frame[
+                    (frame.draw == draw)
+                    & (frame["mode"] == mode)
+                    & (frame.protocol == protocol)
+                    & (frame.split_part == part)
+                ].value
+                assert shown == pct(float(stored.iloc[0])), (column, out)
+    from bench.data.cards import load_card
+
+    lines = out.splitlines()
+    classes = lines[next(i for i, line in enumerate(lines) if "per-class test IoU" in line) :]
+    for name in load_card("synthetic").class_names:
+        assert any(line.split()[: len(name.split())] == name.split() for line in classes), name
+    for column in [*header[2:], "finetune", "probe"]:  # every column explained in one line
+        assert any(line.startswith(f"{column} ") for line in lines), column

@@ -43,10 +43,17 @@ def test_the_config_hash_names_the_grid_point(tmp_path: Path) -> None:
         {"params": {"temperature": 0.2}},
         {"finetune": {"steps": 5}},
         {"seed": 1},
+        {"modes": ("finetune",)},
     ):
         other = prepare(RunSpec(**{**spec.__dict__, **change}), env(tmp_path))
         assert other.hash != run.hash, change
     assert run.config["pretrain"]["method"] == "simclr"
+    assert run.config["modes"] == ["finetune", "probe"]
+    assert run.config["probe"] == {"steps": 20, "lr": 1e-2, "weight_decay": 1e-4, "eval_every": 10}
+    finetune_only = prepare(RunSpec(**{**spec.__dict__, "modes": ("finetune",)}), env(tmp_path))
+    assert "probe" not in finetune_only.config
+    reordered = prepare(RunSpec(**{**spec.__dict__, "modes": ("probe", "finetune")}), env(tmp_path))
+    assert reordered.hash == run.hash  # modes are a set, in canonical order
     assert (
         prepare(
             RunSpec(method="scratch", dataset="synthetic", profile="smoke"), env(tmp_path)
@@ -61,3 +68,10 @@ def test_a_generated_card_has_one_split(tmp_path: Path) -> None:
             RunSpec(method="scratch", dataset="synthetic", split="fold0", profile="smoke"),
             env(tmp_path),
         )
+
+
+def test_unknown_or_no_evaluation_mode_is_a_clear_error(tmp_path: Path) -> None:
+    for modes, shown in ((("linear",), "linear"), ((), "none given")):
+        spec = RunSpec(method="scratch", dataset="synthetic", profile="smoke", modes=modes)
+        with pytest.raises(BenchError, match=f"unknown evaluation mode.*{shown}.*finetune, probe"):
+            prepare(spec, env(tmp_path))

@@ -35,6 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--draws", type=int, default=1, help="seeded draws of the shots (default: 1)")
     p.add_argument("--force", action="store_true", help="redo runs whose config already succeeded")
+    p.add_argument(
+        "--modes",
+        default="finetune,probe",
+        help="evaluation modes on the same encoder, comma-separated: finetune (every weight "
+        "trained) and probe (encoder frozen, linear head) (default: finetune,probe)",
+    )
     add_run_options(p)
     add_params_source(p)
     p.set_defaults(func=main)
@@ -43,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from bench.finetune.train import TrainingDiverged
     from bench.reporting.runs import print_outcomes
-    from bench.runner import RunOutcome, RunSpec, make_env, run_one
+    from bench.runner import RunOutcome, RunSpec, check_modes, make_env, run_one
     from bench.ssl.engine import PretrainFailed
     from bench.sweeps.tune import resolve_params
 
@@ -56,6 +62,7 @@ def main(args: argparse.Namespace) -> int:
         args.method, args.dataset, args.profile, parse_params(args.param), args.params, args.store
     )
     overrides = finetune_overrides(args)
+    modes = check_modes(tuple(m.strip() for m in args.modes.split(",") if m.strip()))
     outcomes = []
     try:
         for shots in [s.strip() for s in args.shots.split(",") if s.strip()]:
@@ -71,6 +78,7 @@ def main(args: argparse.Namespace) -> int:
                     seed=args.seed,
                     params=params,
                     finetune=overrides,
+                    modes=modes,
                 )
                 try:
                     outcome = run_one(spec, env)
@@ -84,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
                     )
                 outcomes.append(outcome)
     finally:
-        print_outcomes(outcomes)
+        print_outcomes(outcomes, env.store)
     failed = sum(o.status == "failed" for o in outcomes)
     if failed:
         console.print(f"[red]{failed} run(s) failed[/] (stored as failed with the reason)")
