@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
 from bench import __version__, commands
 from bench.core.console import err_console
 from bench.core.errors import BenchError
+from bench.core.paths import RESULTS_ENV
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "results_dir", None) is not None:  # one choice, seen by every later step
+        os.environ[RESULTS_ENV] = str(args.results_dir.expanduser().resolve())
     try:
         return int(args.func(args) or 0)
     except BenchError as exc:

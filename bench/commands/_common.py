@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from bench.core.compile import COMPILE_MODES
 from bench.models.encoders import INITS
@@ -16,10 +17,20 @@ def add_data_root(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_results_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        help="the results folder: store, cache, studies, tuned parameters, tables (default: "
+        "$BENCH_RESULTS, else results/ of the checkout, else ~/.local/share/microssl-bench)",
+    )
+
+
 def add_store(parser: argparse.ArgumentParser) -> None:
+    add_results_dir(parser)
     parser.add_argument(
         "--store",
-        help="results store URL (default: $BENCH_STORE, else sqlite:///results/bench.sqlite)",
+        help="results store URL (default: $BENCH_STORE, else bench.sqlite in the results folder)",
     )
 
 
@@ -31,7 +42,8 @@ def add_worker_env(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)"
     )
     parser.add_argument(
-        "--cache-dir", help="pretraining cache (default: $BENCH_CACHE_DIR, else results/cache)"
+        "--cache-dir",
+        help="pretraining cache (default: $BENCH_CACHE_DIR, else cache/ in the results folder)",
     )
     parser.add_argument(
         "--compile",

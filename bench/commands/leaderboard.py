@@ -49,13 +49,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_filters(p)
     add_table_options(p)
     p.add_argument(
-        "--out", type=Path, default=Path("results"), help="output folder (default: results/)"
+        "--out", type=Path, help="output folder (default: the results folder, --results-dir)"
     )
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from bench.core.console import console
+    from bench.core.paths import results_dir
     from bench.reporting.leaderboard import build_leaderboard, print_leaderboard, write_leaderboard
     from bench.reporting.reported import load_reported
     from bench.results.frames import load_results, require_runs
@@ -65,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
     require_runs(results, filters_text(args))
     board = build_leaderboard(results, load_reported(args.reported), args.baseline)
     print_leaderboard(board)
-    for path in write_leaderboard(board, args.out):
+    for path in write_leaderboard(board, args.out or results_dir()):
         console.print(f"wrote {path}", highlight=False)
     return 0
 

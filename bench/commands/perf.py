@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.commands._common import add_data_root
+from bench.commands._common import add_data_root, add_results_dir
 from bench.core.compile import COMPILE_MODES
 from bench.core.errors import BenchError
 
@@ -50,8 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="torch intra-op threads (default: 1 for smoke, torch's default for standard)",
     )
-    p.add_argument("--out", default="results/perf", help="output folder (default: results/perf)")
+    p.add_argument("--out", help="output folder (default: perf/ in the results folder)")
     add_data_root(p)
+    add_results_dir(p)
     p.set_defaults(func=main)
 
 
@@ -60,6 +61,7 @@ def main(args: argparse.Namespace) -> int:
 
     from bench.core.console import console, err_console
     from bench.core.devices import resolve_device
+    from bench.core.paths import results_dir
     from bench.data.sources import resolve_data_root
     from bench.perf.record import write_record
     from bench.perf.run import PerfOptions, run_perf
@@ -89,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
         ("--dataset", args.dataset, "metaldam"),
         ("--compile", args.compile, "auto"),
         ("--threads", args.threads, None),
-        ("--out", args.out, "results/perf"),
+        ("--out", args.out, None),
         ("--data-root", args.data_root, None),
     ):
         if value != default:
@@ -106,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
         log=lambda msg: err_console.print(f"[dim]perf:[/] {msg}"),
     )
     record = run_perf(opts)
-    path = write_record(record, Path(args.out))
+    path = write_record(record, Path(args.out) if args.out else results_dir() / "perf")
     console.print(render_table(record))
     console.print(f"wrote {path}")
     return 0

@@ -20,14 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("results/plots"),
-        help="output folder (default: results/plots)",
+        help="output folder (default: plots/ in the results folder, --results-dir)",
     )
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from bench.core.console import console
+    from bench.core.paths import results_dir
     from bench.data.sources import resolve_data_root
     from bench.reporting.plots import build_plots, save_plots
     from bench.results.frames import load_results, require_runs
@@ -36,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
     results = load_results(ResultStore(args.store), args.dataset, None, args.profile)
     require_runs(results, filters_text(args))
     plots = build_plots(results, resolve_data_root(args.data_root))
-    for path in save_plots(plots, args.out):
+    for path in save_plots(plots, args.out or results_dir() / "plots"):
         console.print(f"wrote {path}", highlight=False)
     for note in plots.notes:
         console.print(f"[yellow]skipped:[/] {note}", highlight=False)

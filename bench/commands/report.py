@@ -23,14 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("results/report.html"),
-        help="output file (default: results/report.html)",
+        help="output file (default: report.html in the results folder, --results-dir)",
     )
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from bench.core.console import console
+    from bench.core.paths import results_dir
     from bench.data.sources import resolve_data_root
     from bench.reporting.leaderboard import build_leaderboard
     from bench.reporting.plots import build_plots
@@ -45,6 +45,7 @@ def main(args: argparse.Namespace) -> int:
     board = build_leaderboard(results, load_reported(args.reported), args.baseline)
     every_protocol = load_results(store, args.dataset, None, args.profile)  # figures use honest
     plots = build_plots(every_protocol, resolve_data_root(args.data_root))
-    path = write_report(build_report(results, board, plots), args.out)
+    out = args.out or results_dir() / "report.html"
+    path = write_report(build_report(results, board, plots), out)
     console.print(f"wrote {path}", highlight=False)
     return 0

@@ -1,6 +1,7 @@
 """The results store: one row per run in ``runs``, its numbers in ``metrics`` (SQLAlchemy Core).
 
-Any SQLAlchemy URL works (``BENCH_STORE``; default ``sqlite:///results/bench.sqlite``). The schema
+Any SQLAlchemy URL works (``BENCH_STORE``; default ``bench.sqlite`` in the results folder,
+``bench.core.paths``). The schema
 uses portable types only: JSON as ``sqlalchemy.JSON``, timestamps timezone-aware UTC.
 
 A run's life: ``start_run`` inserts it as 'running'; ``finish_run`` writes its metrics and marks it
@@ -46,10 +47,10 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
 from bench.core.errors import BenchError
+from bench.core.paths import default_store_url
 from bench.core.provenance import collect_versions, git_commit
 from bench.core.urls import mask_password
 
-DEFAULT_STORE_URL = "sqlite:///results/bench.sqlite"
 OPEN_STATUSES = ("running", "failed")  # a run in these states may still finish or fail
 
 
@@ -198,11 +199,6 @@ class DuplicateResult(BenchError):
         self.run_id = run_id
         self.existing_id = existing_id
         self.config_hash = config_hash
-
-
-def default_store_url() -> str:
-    """``BENCH_STORE`` if set, else a SQLite file under ``results/`` in the current directory."""
-    return os.environ.get("BENCH_STORE") or DEFAULT_STORE_URL
 
 
 class ResultStore:

@@ -46,6 +46,7 @@ from optuna.storages import (
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled  # since Optuna 2
 from optuna.trial import FrozenTrial, TrialState
 
+from bench.core import paths
 from bench.core.errors import BenchError
 from bench.core.urls import mask_password
 
@@ -69,7 +70,7 @@ def quiet_experimental() -> Iterator[None]:
 
 
 def results_dir(store_url: str | None) -> Path:
-    """The folder beside the results store: its SQLite file's folder, else ``results/``."""
+    """The folder beside the results store: its SQLite file's folder, else the results folder."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -78,10 +79,10 @@ def results_dir(store_url: str | None) -> Path:
     try:
         url = make_url(store_url or default_store_url())
     except ArgumentError:
-        return Path("results")
+        return paths.results_dir()
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         return Path(url.database).parent
-    return Path("results")
+    return paths.results_dir()
 
 
 def default_storage_url(store_url: str | None) -> str:
