@@ -27,6 +27,7 @@ from bench.core.paths import default_cache_dir
 from bench.core.provenance import collect_versions, config_hash, git_commit
 from bench.data.cards import DatasetCard, load_card
 from bench.data.images import LabeledImage
+from bench.data.pool import DEFAULT_POOL, POOL_MODES, labeled_fingerprint
 from bench.data.protocol import Partition, draw_shots, parse_shots, partition
 from bench.data.sources import load_labeled, resolve_data_root, source_for
 from bench.finetune.config import FinetuneConfig
@@ -40,7 +41,9 @@ from bench.ssl.engine import encoder_for
 from bench.ssl.method import EncoderContext, Method
 from bench.ssl.registry import get_method
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""2: honest SSL pools per split (near-duplicates of evaluation images left out), data contents in
+the config hash."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class RunSpec:
     seed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)
+    pool: str = DEFAULT_POOL
+    """SSL pool mode: ``honest`` or ``transductive`` (``bench.data.pool``)."""
 
 
 @dataclass
@@ -118,6 +123,8 @@ class PreparedRun:
 def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
     """Resolve names, draw the shots and build the config whose hash identifies the run."""
     card = load_card(spec.dataset)
+    if spec.pool not in POOL_MODES:
+        raise BenchError(f"unknown pool mode '{spec.pool}'; modes: {', '.join(POOL_MODES)}")
     profile = get_profile(spec.profile)
     method = get_method(spec.method)(spec.params)
     cfg = finetune_config(profile, **spec.finetune)
@@ -146,6 +153,7 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
         split=split,
         scale=scale,
         arch=cfg.arch,
+        pool=spec.pool,
     )
     config = {
         "protocol_version": PROTOCOL_VERSION,
@@ -161,6 +169,10 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
         "scale": scale.describe(),
         "finetune": dataclasses.asdict(cfg),
         "pretrain": method.pretrain_config(ctx),
+        "pool": spec.pool,
+        "data": labeled_fingerprint(
+            card, env.data_root, [*stems, *data.partition.val, *data.partition.test]
+        ),
     }
     return PreparedRun(
         spec, card, method, cfg, init, split, shots, data, ctx, config, config_hash(config)
@@ -260,6 +272,7 @@ def _new_run(run: PreparedRun, env: RunEnv) -> NewRun:
         seed=run.config["seed"],
         profile=run.spec.profile,
         init=run.init,
+        pool=run.spec.pool,
         encoder=run.cfg.encoder,
         arch=run.cfg.arch,
         config=run.config,

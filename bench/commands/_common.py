@@ -80,6 +80,17 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_pool(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pool",
+        default="honest",
+        choices=["honest", "transductive"],
+        help="SSL pretraining pool: honest = the unlabeled images minus every near-duplicate of "
+        "the split's validation and test images; transductive = all of them, as the seed papers "
+        "did (recorded with the run) (default: honest)",
+    )
+
+
 def add_params_source(parser: argparse.ArgumentParser) -> None:
     """``--params best|FILE``: start from the parameters ``bench tune`` saved."""
     parser.add_argument(

@@ -66,10 +66,15 @@ def fetch_main(args: argparse.Namespace) -> int:
 def check_main(args: argparse.Namespace) -> int:
     from bench.core.console import console
     from bench.data.cards import load_card
-    from bench.data.check import check_dataset
+    from bench.data.check import check_dataset, neardup_report
     from bench.data.sources import resolve_data_root
 
-    problems = check_dataset(load_card(args.name), resolve_data_root(args.data_root))
+    card, root = load_card(args.name), resolve_data_root(args.data_root)
+    problems = check_dataset(card, root)
+    if not problems:
+        lines, problems = neardup_report(card, root)
+        for line in lines:
+            console.print(line, markup=False, highlight=False)
     for problem in problems:
         console.print(f"[red]✗[/] {problem}", highlight=False)
     if problems:

@@ -6,6 +6,7 @@ import argparse
 
 from bench.commands._common import (
     add_params_source,
+    add_pool,
     add_run_options,
     finetune_overrides,
     parse_params,
@@ -36,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--draws", type=int, default=1, help="seeded draws of the shots (default: 1)")
     p.add_argument("--force", action="store_true", help="redo runs whose config already succeeded")
     add_run_options(p)
+    add_pool(p)
     add_params_source(p)
     p.set_defaults(func=main)
 
@@ -71,6 +73,7 @@ def main(args: argparse.Namespace) -> int:
                     seed=args.seed,
                     params=params,
                     finetune=overrides,
+                    pool=args.pool,
                 )
                 try:
                     outcome = run_one(spec, env)

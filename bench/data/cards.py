@@ -100,6 +100,11 @@ class UnlabeledSpec:
     images: str | None = None
     crop_bottom: int = 0
     from_split: bool = False
+    exclude: tuple[str, ...] = ()
+    """Pool images (``unlabeled/<file name>``, or training stems of a ``from_split`` pool) that
+    no honest pool uses, besides the near-duplicates found automatically."""
+    neardup_threshold: float = 0.5
+    """Thumbnail correlation at or above which two images are near-duplicates."""
 
 
 @dataclass(frozen=True)
@@ -405,6 +410,8 @@ def _parse_unlabeled(unl: dict[str, Any]) -> UnlabeledSpec:
         images=unl.get("images"),
         crop_bottom=int(unl.get("crop_bottom", 0)),
         from_split=source is not None,
+        exclude=tuple(str(x) for x in unl.get("exclude", [])),
+        neardup_threshold=float(unl.get("neardup_threshold", 0.5)),
     )
 
 

@@ -137,7 +137,7 @@ def test_metaldam_folds_and_unlabeled_pool(shared_data: Path) -> None:
     union = set().union(*tests)
     assert len(union) == 42 == sum(len(t) for t in tests)  # disjoint and covering
     assert union == {f"micrograph{n}" for n in range(42)}
-    files = pool_files(card, shared_data)
+    files = pool_files(card, shared_data, mode="transductive")
     assert len(files) == 164
     assert {f.name for f in files} == {f"micrograph{n}.png" for n in range(164)}
 
