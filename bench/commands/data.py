@@ -26,8 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def list_main(args: argparse.Namespace) -> int:
     from rich.table import Table
+    from rich.text import Text
 
     from bench.core.console import console
+    from bench.core.errors import BenchError
     from bench.data.cards import available_cards, load_card
     from bench.data.sources import resolve_data_root, source_for
 
@@ -35,19 +37,29 @@ def list_main(args: argparse.Namespace) -> int:
     table = Table(title=f"Datasets (data root: {root})")
     for col in ("name", "title", "classes", "splits", "variants", "present"):
         table.add_column(col)
+    broken = 0
     for name in available_cards():
-        card = load_card(name)
-        present = source_for(card, root).presence()
+        try:
+            card = load_card(name)
+        except BenchError as exc:
+            broken += 1
+            table.add_row(Text(name), Text(f"broken: {exc}", style="red"), "", "", "", "–")
+            continue
         table.add_row(
-            name,
-            card.title,
-            ", ".join(card.class_names),
-            ", ".join(card.splits) or "–",
-            ", ".join(card.raw.get("variants", {})) or "–",
-            present,
+            *map(
+                Text,
+                (
+                    name,
+                    card.title,
+                    ", ".join(card.class_names),
+                    ", ".join(card.splits) or "–",
+                    ", ".join(card.raw.get("variants", {})) or "–",
+                    source_for(card, root).presence(),
+                ),
+            )
         )
     console.print(table)
-    return 0
+    return 1 if broken else 0
 
 
 def fetch_main(args: argparse.Namespace) -> int:

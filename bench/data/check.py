@@ -32,6 +32,8 @@ def check_dataset(card: DatasetCard, data_root: Path) -> list[str]:
             f"BENCH_DATA_ROOT / --data-root to the folder that contains {card.root}/"
         ]
     stems, problems = _split_stems(card, root)
+    if not problems:
+        problems += _check_splits(card, data_root)
     if card.layout is not None:
         allowed = set(card.class_ids) | {src for src, _ in card.merge}
         for stem, listed_in in stems.items():
@@ -68,6 +70,23 @@ def _split_stems(card: DatasetCard, root: Path) -> tuple[dict[str, str], list[st
         for stem in names:
             stems.setdefault(stem, rel)
     return stems, problems
+
+
+def _check_splits(card: DatasetCard, data_root: Path) -> list[str]:
+    """Each split's lists are disjoint (train/test, val/test) and name no stem twice."""
+    problems = []
+    source = source_for(card, data_root)
+    for split in card.splits:
+        lists = source.split_lists(split)
+        for part, stems in (("train", lists.train), ("val", lists.val), ("test", lists.test)):
+            repeated = sorted({s for s in stems or [] if (stems or []).count(s) > 1})
+            if repeated:
+                problems.append(f"{lists.files[part]}: names {', '.join(repeated)} twice")
+        try:
+            partition(card, data_root, split)
+        except BenchError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _check_pair(
