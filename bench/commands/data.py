@@ -34,7 +34,7 @@ def list_main(args: argparse.Namespace) -> int:
     from bench.data.sources import resolve_data_root, source_for
 
     root = resolve_data_root(args.data_root)
-    table = Table(title=f"Datasets (data root: {root})")
+    table = Table(title=Text(f"Datasets (data root: {root})"))
     for col in ("name", "title", "classes", "splits", "variants", "present"):
         table.add_column(col)
     broken = 0
@@ -63,7 +63,7 @@ def list_main(args: argparse.Namespace) -> int:
 
 
 def fetch_main(args: argparse.Namespace) -> int:
-    from bench.core.console import console
+    from bench.core.console import say
     from bench.data.cards import load_card
     from bench.data.fetch import fetch_dataset
     from bench.data.sources import resolve_data_root
@@ -71,12 +71,12 @@ def fetch_main(args: argparse.Namespace) -> int:
     target = fetch_dataset(
         load_card(args.name), resolve_data_root(args.data_root), base_url=args.base_url
     )
-    console.print(f"[green]fetched[/] {args.name} into {target}")
+    say("[green]fetched[/] {} into {}", args.name, target)
     return 0
 
 
 def check_main(args: argparse.Namespace) -> int:
-    from bench.core.console import console
+    from bench.core.console import console, say
     from bench.data.cards import load_card
     from bench.data.check import check_dataset, neardup_report
     from bench.data.sources import resolve_data_root
@@ -88,9 +88,9 @@ def check_main(args: argparse.Namespace) -> int:
         for line in lines:
             console.print(line, markup=False, highlight=False)
     for problem in problems:
-        console.print(f"[red]✗[/] {problem}", highlight=False)
+        say("[red]✗[/] {}", problem)
     if problems:
-        console.print(f"{len(problems)} problem(s) in {args.name}")
+        say("{} problem(s) in {}", len(problems), args.name)
         return 1
-    console.print(f"[green]✓[/] {args.name}: all files present and consistent")
+    say("[green]✓[/] {}: all files present and consistent", args.name)
     return 0

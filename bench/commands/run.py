@@ -11,7 +11,7 @@ from bench.commands._common import (
     finetune_overrides,
     parse_params,
 )
-from bench.core.console import console
+from bench.core.console import console, say
 from bench.core.errors import BenchError
 
 
@@ -78,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
                 try:
                     outcome = run_one(spec, env)
                 except (TrainingDiverged, PretrainFailed) as exc:
-                    console.print(f"[red]failed[/] {args.method} {shots}-shot draw {draw}: {exc}")
+                    say("[red]failed[/] {} {}-shot draw {}: {}", args.method, shots, draw, exc)
                     outcome = RunOutcome(spec, "failed", "", None, {}, str(exc))
                 if outcome.status == "skipped":
                     console.print(
