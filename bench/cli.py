@@ -13,7 +13,7 @@ import pkgutil
 import sys
 
 from bench import __version__, commands
-from bench.core.console import err_console
+from bench.core.console import err_console, error
 from bench.core.errors import BenchError
 from bench.core.paths import RESULTS_ENV
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BenchError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        error(str(exc))
         return 2
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: results stored so far are kept")

@@ -28,6 +28,7 @@ from bench.core.paths import default_cache_dir
 from bench.core.provenance import collect_versions, config_hash, git_commit
 from bench.data.cards import DatasetCard, load_card
 from bench.data.images import LabeledImage
+from bench.data.pool import DEFAULT_POOL, POOL_MODES, labeled_fingerprint
 from bench.data.protocol import Partition, draw_shots, parse_shots, partition
 from bench.data.sources import load_labeled, resolve_data_root, source_for
 from bench.finetune.config import FinetuneConfig
@@ -43,7 +44,9 @@ from bench.ssl.engine import encoder_for
 from bench.ssl.method import EncoderContext, Method
 from bench.ssl.registry import get_method
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""2: honest SSL pools per split (near-duplicates of evaluation images left out), data contents in
+the config hash."""
 
 MODES = ("finetune", "probe")
 """Evaluation modes: ``finetune`` trains every weight from the encoder's starting point; ``probe``
@@ -66,6 +69,8 @@ class RunSpec:
     finetune: dict[str, Any] = field(default_factory=dict)
     modes: tuple[str, ...] = MODES
     """Evaluation modes to run on the same encoder (see ``MODES``)."""
+    pool: str = DEFAULT_POOL
+    """SSL pool mode: ``honest`` or ``transductive`` (``bench.data.pool``)."""
 
 
 @dataclass
@@ -131,6 +136,8 @@ class PreparedRun:
 def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
     """Resolve names, draw the shots and build the config whose hash identifies the run."""
     card = load_card(spec.dataset)
+    if spec.pool not in POOL_MODES:
+        raise BenchError(f"unknown pool mode '{spec.pool}'; modes: {', '.join(POOL_MODES)}")
     profile = get_profile(spec.profile)
     method = get_method(spec.method)(spec.params)
     modes = check_modes(spec.modes)
@@ -160,6 +167,7 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
         split=split,
         scale=scale,
         arch=cfg.arch,
+        pool=spec.pool,
     )
     config = {
         "protocol_version": PROTOCOL_VERSION,
@@ -176,6 +184,10 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
         "finetune": dataclasses.asdict(cfg),
         "pretrain": method.pretrain_config(ctx),
         "modes": list(modes),
+        "pool": spec.pool,
+        "data": labeled_fingerprint(
+            card, env.data_root, [*stems, *data.partition.val, *data.partition.test]
+        ),
     }
     if "probe" in modes:
         config["probe"] = dataclasses.asdict(profile.probe)
@@ -363,6 +375,7 @@ def _new_run(run: PreparedRun, env: RunEnv) -> NewRun:
         seed=run.config["seed"],
         profile=run.spec.profile,
         init=run.init,
+        pool=run.spec.pool,
         encoder=run.cfg.encoder,
         arch=run.cfg.arch,
         config=run.config,

@@ -11,9 +11,35 @@ from bench.models.segmenter import ARCHS, ENCODERS
 from bench.profiles import PROFILES
 
 
+class _CardsFolder(argparse.Action):
+    """``--cards DIR``: put DIR on the card search path ($BENCH_CARDS) as the line is parsed."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        import os
+
+        from bench.data.cards import CARDS_ENV
+
+        known = [p for p in os.environ.get(CARDS_ENV, "").split(os.pathsep) if p]
+        os.environ[CARDS_ENV] = os.pathsep.join([*known, str(values)])
+        setattr(namespace, self.dest, values)
+
+
 def add_data_root(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-root", help="prepared data root (default: $BENCH_DATA_ROOT, else datasets/)"
+    )
+    parser.add_argument(
+        "--cards",
+        metavar="DIR",
+        action=_CardsFolder,
+        help="another folder of dataset cards, searched after the project's datasets/ "
+        "(also $BENCH_CARDS, os.pathsep-separated)",
     )
 
 
@@ -89,6 +115,17 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--scale",
         help="working scale of pretraining, fine-tuning and evaluation: card, native, "
         "protocol:NAME or HxW (default: the profile's)",
+    )
+
+
+def add_pool(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pool",
+        default="honest",
+        choices=["honest", "transductive"],
+        help="SSL pretraining pool: honest = the unlabeled images minus every near-duplicate of "
+        "the split's validation and test images; transductive = all of them, as the seed papers "
+        "did (recorded with the run) (default: honest)",
     )
 
 

@@ -26,32 +26,44 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def list_main(args: argparse.Namespace) -> int:
     from rich.table import Table
+    from rich.text import Text
 
     from bench.core.console import console
+    from bench.core.errors import BenchError
     from bench.data.cards import available_cards, load_card
     from bench.data.sources import resolve_data_root, source_for
 
     root = resolve_data_root(args.data_root)
-    table = Table(title=f"Datasets (data root: {root})")
+    table = Table(title=Text(f"Datasets (data root: {root})"))
     for col in ("name", "title", "classes", "splits", "variants", "present"):
         table.add_column(col)
+    broken = 0
     for name in available_cards():
-        card = load_card(name)
-        present = source_for(card, root).presence()
+        try:
+            card = load_card(name)
+        except BenchError as exc:
+            broken += 1
+            table.add_row(Text(name), Text(f"broken: {exc}", style="red"), "", "", "", "–")
+            continue
         table.add_row(
-            name,
-            card.title,
-            ", ".join(card.class_names),
-            ", ".join(card.splits) or "–",
-            ", ".join(card.raw.get("variants", {})) or "–",
-            present,
+            *map(
+                Text,
+                (
+                    name,
+                    card.title,
+                    ", ".join(card.class_names),
+                    ", ".join(card.splits) or "–",
+                    ", ".join(card.raw.get("variants", {})) or "–",
+                    source_for(card, root).presence(),
+                ),
+            )
         )
     console.print(table)
-    return 0
+    return 1 if broken else 0
 
 
 def fetch_main(args: argparse.Namespace) -> int:
-    from bench.core.console import console
+    from bench.core.console import say
     from bench.data.cards import load_card
     from bench.data.fetch import fetch_dataset
     from bench.data.sources import resolve_data_root
@@ -59,21 +71,26 @@ def fetch_main(args: argparse.Namespace) -> int:
     target = fetch_dataset(
         load_card(args.name), resolve_data_root(args.data_root), base_url=args.base_url
     )
-    console.print(f"[green]fetched[/] {args.name} into {target}")
+    say("[green]fetched[/] {} into {}", args.name, target)
     return 0
 
 
 def check_main(args: argparse.Namespace) -> int:
-    from bench.core.console import console
+    from bench.core.console import console, say
     from bench.data.cards import load_card
-    from bench.data.check import check_dataset
+    from bench.data.check import check_dataset, neardup_report
     from bench.data.sources import resolve_data_root
 
-    problems = check_dataset(load_card(args.name), resolve_data_root(args.data_root))
+    card, root = load_card(args.name), resolve_data_root(args.data_root)
+    problems = check_dataset(card, root)
+    if not problems:
+        lines, problems = neardup_report(card, root)
+        for line in lines:
+            console.print(line, markup=False, highlight=False)
     for problem in problems:
-        console.print(f"[red]✗[/] {problem}", highlight=False)
+        say("[red]✗[/] {}", problem)
     if problems:
-        console.print(f"{len(problems)} problem(s) in {args.name}")
+        say("{} problem(s) in {}", len(problems), args.name)
         return 1
-    console.print(f"[green]✓[/] {args.name}: all files present and consistent")
+    say("[green]✓[/] {}: all files present and consistent", args.name)
     return 0

@@ -6,11 +6,12 @@ import argparse
 
 from bench.commands._common import (
     add_params_source,
+    add_pool,
     add_run_options,
     finetune_overrides,
     parse_params,
 )
-from bench.core.console import console
+from bench.core.console import console, say
 from bench.core.errors import BenchError
 
 
@@ -42,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "trained) and probe (encoder frozen, linear head) (default: finetune,probe)",
     )
     add_run_options(p)
+    add_pool(p)
     add_params_source(p)
     p.set_defaults(func=main)
 
@@ -79,11 +81,12 @@ def main(args: argparse.Namespace) -> int:
                     params=params,
                     finetune=overrides,
                     modes=modes,
+                    pool=args.pool,
                 )
                 try:
                     outcome = run_one(spec, env)
                 except (TrainingDiverged, PretrainFailed) as exc:
-                    console.print(f"[red]failed[/] {args.method} {shots}-shot draw {draw}: {exc}")
+                    say("[red]failed[/] {} {}-shot draw {}: {}", args.method, shots, draw, exc)
                     outcome = RunOutcome(spec, "failed", "", None, {}, str(exc))
                 if outcome.status == "skipped":
                     console.print(

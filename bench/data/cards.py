@@ -24,6 +24,7 @@ A new image+mask dataset needs a card only. The schema (see ``datasets/metaldam.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,14 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 CARDS_DIR = PROJECT_ROOT / "datasets"
+CARDS_ENV = "BENCH_CARDS"
+"""More folders of cards (``os.pathsep``-separated), searched after the project's own."""
+
+
+def card_dirs() -> list[Path]:
+    """Where cards are looked up, in order: the project's ``datasets/``, then ``$BENCH_CARDS``."""
+    extra = [Path(p).expanduser() for p in os.environ.get(CARDS_ENV, "").split(os.pathsep) if p]
+    return [CARDS_DIR, *extra]
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,11 @@ class UnlabeledSpec:
     images: str | None = None
     crop_bottom: int = 0
     from_split: bool = False
+    exclude: tuple[str, ...] = ()
+    """Pool images (``unlabeled/<file name>``, or training stems of a ``from_split`` pool) that
+    no honest pool uses, besides the near-duplicates found automatically."""
+    neardup_threshold: float = 0.5
+    """Thumbnail correlation at or above which two images are near-duplicates."""
 
 
 @dataclass(frozen=True)
@@ -178,20 +192,30 @@ class DatasetCard:
         return [HONEST, *self.protocols.values()]
 
 
-def available_cards(cards_dir: Path = CARDS_DIR) -> list[str]:
-    return sorted(p.stem for p in cards_dir.glob("*.toml"))
+def available_cards(cards_dir: Path | None = None) -> list[str]:
+    """Card names in ``cards_dir``, else in every folder of ``card_dirs()``."""
+    dirs = [cards_dir] if cards_dir is not None else card_dirs()
+    return sorted({p.stem for d in dirs for p in d.glob("*.toml")})
 
 
-def load_card(name: str, cards_dir: Path = CARDS_DIR) -> DatasetCard:
-    """Load ``datasets/<name>.toml``; ``name:variant`` selects a label variant."""
+def find_card(base: str, cards_dir: Path | None = None) -> Path:
+    """The file of card ``base``: the first ``<dir>/<base>.toml`` of the search path."""
+    dirs = [cards_dir] if cards_dir is not None else card_dirs()
+    if base and "/" not in base and "\\" not in base and base not in (".", ".."):
+        for folder in dirs:
+            if (folder / f"{base}.toml").is_file():
+                return folder / f"{base}.toml"
+    raise BenchError(
+        f"unknown dataset '{base}': no card {base}.toml in {', '.join(map(str, dirs))}; "
+        f"known: {', '.join(available_cards(cards_dir))} (more card folders: --cards DIR or "
+        f"${CARDS_ENV})"
+    )
+
+
+def load_card(name: str, cards_dir: Path | None = None) -> DatasetCard:
+    """Load card ``<name>.toml`` from the search path; ``name:variant`` selects a label variant."""
     base, _, variant = name.partition(":")
-    path = cards_dir / f"{base}.toml"
-    if not path.is_file():
-        raise BenchError(
-            f"unknown dataset '{base}': no card {path}; "
-            f"known: {', '.join(available_cards(cards_dir))}"
-        )
-    return parse_card(path, variant or None)
+    return parse_card(find_card(base, cards_dir), variant or None)
 
 
 def parse_card(path: Path, variant: str | None = None) -> DatasetCard:
@@ -213,8 +237,93 @@ def _describe(exc: Exception) -> str:
     return str(exc)
 
 
+_PROTOCOL_KEYS = {"metric", "classes", "empty_union", "resize", "merge", "description"}
+_CLASSES_KEYS = {"ids", "names", "colors", "background"}
+SCHEMA: dict[str, Any] = {
+    "name": None,
+    "title": None,
+    "root": None,
+    "license": None,
+    "citation": None,
+    "generator": {"kind", "seed", "size", "train", "val", "test", "unlabeled"},
+    "classes": _CLASSES_KEYS,
+    "layout": {"images", "masks", "crop_image_to_mask", "mask_channel", "high_bit_depth"},
+    "splits": ("default", {"train", "test", "val", "val_holdout"}),
+    "unlabeled": {"images", "crop_bottom", "from_split", "exclude", "neardup_threshold"},
+    "protocols": ("default", _PROTOCOL_KEYS),
+    "variants": (
+        None, {"merge": None, "classes": _CLASSES_KEYS, "protocols": ("default", _PROTOCOL_KEYS)},
+    ),
+    "scale": {"working"},
+    "fetch": {
+        "recipe", "checksums", "files", "cache", "base", "commit", "manifest", "missing",
+    },
+}  # fmt: skip
+"""The keys a card may hold: None = any value; a set = a table of those keys; a dict = a table of
+those keys with their own schema; (key, schema) = a table of named sub-tables of that schema, plus
+the plain key ``key``."""
+
+
+def _check_keys(raw: dict[str, Any], schema: Any, where: str) -> None:
+    """Unknown keys and tables are errors naming the key."""
+    if schema is None:
+        return
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be a table, got {raw!r}")
+    if isinstance(schema, tuple):
+        plain, sub = schema
+        for key, value in raw.items():
+            if key != plain:
+                _check_keys(value, sub, f"{where}.{key}")
+        return
+    allowed = schema if isinstance(schema, dict) else dict.fromkeys(schema)
+    for key, value in raw.items():
+        name = f"{where}.{key}" if where else key
+        if key not in allowed:
+            kind = "table" if isinstance(value, dict) else "key"
+            raise ValueError(
+                f"unknown {kind} '{name}' (allowed{' in ' + where if where else ''}: "
+                f"{', '.join(sorted(allowed))})"
+            )
+        _check_keys(value, allowed[key], name)
+
+
+def _req(table: dict[str, Any], key: str, where: str) -> Any:
+    if key not in table:
+        raise ValueError(f"missing field '{where}.{key}'" if where else f"missing field '{key}'")
+    return table[key]
+
+
+def _int(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{field} must be an integer, got {value!r}")
+    return value
+
+
+def _str(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{field} must be a string, got {value!r}")
+    return value
+
+
+def _bool(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{field} must be true or false, got {value!r}")
+    return value
+
+
+def _number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{field} must be a number, got {value!r}")
+    return float(value)
+
+
 def _build_card(raw: dict[str, Any], path: Path, variant: str | None) -> DatasetCard:
-    classes_raw = raw["classes"]
+    _check_keys(raw, dict(SCHEMA), "")
+    name = _str(_req(raw, "name", ""), "name")
+    if name != path.stem:
+        raise ValueError(f"name = {name!r} must equal the file name's stem {path.stem!r}")
+    classes_raw = _req(raw, "classes", "")
     protocols_raw = dict(raw.get("protocols", {}))
     merge: tuple[tuple[int, int], ...] = ()
     if variant is not None:
@@ -222,10 +331,11 @@ def _build_card(raw: dict[str, Any], path: Path, variant: str | None) -> Dataset
         if variant not in variants:
             raise ValueError(f"no variant '{variant}' (variants: {', '.join(variants) or 'none'})")
         spec = variants[variant]
-        classes_raw = spec.get("classes", classes_raw)
+        if "classes" in spec:
+            classes_raw = spec["classes"]
         protocols_raw = dict(spec.get("protocols", protocols_raw))
         merge = _merge_pairs(spec.get("merge", {}))
-    classes = _parse_classes(classes_raw)
+    classes = _parse_classes(classes_raw, f"variants.{variant}.classes" if variant else "classes")
     ids = [c.id for c in classes]
     if ids != list(range(len(ids))):
         raise ValueError(f"class ids must be 0..{len(ids) - 1} in order, got {ids}")
@@ -239,10 +349,12 @@ def _build_card(raw: dict[str, Any], path: Path, variant: str | None) -> Dataset
     if "layout" in raw:
         lay = raw["layout"]
         layout = LayoutSpec(
-            images=lay["images"],
-            masks=lay["masks"],
-            crop_image_to_mask=bool(lay.get("crop_image_to_mask", False)),
-            mask_channel=int(lay.get("mask_channel", 0)),
+            images=_str(_req(lay, "images", "layout"), "layout.images"),
+            masks=_str(_req(lay, "masks", "layout"), "layout.masks"),
+            crop_image_to_mask=_bool(
+                lay.get("crop_image_to_mask", False), "layout.crop_image_to_mask"
+            ),
+            mask_channel=_int(lay.get("mask_channel", 0), "layout.mask_channel"),
         )
         for key, template in (("layout.images", layout.images), ("layout.masks", layout.masks)):
             if "{stem}" not in template:
@@ -270,11 +382,11 @@ def _build_card(raw: dict[str, Any], path: Path, variant: str | None) -> Dataset
         raise ValueError(f"protocols.default = {default_protocol!r} is not a defined protocol")
 
     return DatasetCard(
-        name=raw["name"],
-        title=raw.get("title", raw["name"]),
-        citation=raw.get("citation", ""),
-        license=raw.get("license", "not stated"),
-        root=raw.get("root", raw["name"]),
+        name=name,
+        title=_str(raw.get("title", name), "title"),
+        citation=_str(raw.get("citation", ""), "citation"),
+        license=_str(raw.get("license", "not stated"), "license"),
+        root=_str(raw.get("root", name), "root"),
         classes=tuple(classes),
         background=background,
         layout=layout,
@@ -293,9 +405,18 @@ def _build_card(raw: dict[str, Any], path: Path, variant: str | None) -> Dataset
     )
 
 
-def _parse_classes(raw: dict[str, Any]) -> list[ClassInfo]:
-    ids, names = list(raw["ids"]), list(raw["names"])
-    colors = [tuple(int(v) for v in c) for c in raw["colors"]]
+def _parse_classes(raw: dict[str, Any], where: str = "classes") -> list[ClassInfo]:
+    ids_raw, names_raw, colors_raw = (_req(raw, k, where) for k in ("ids", "names", "colors"))
+    for key, value in (("ids", ids_raw), ("names", names_raw), ("colors", colors_raw)):
+        if not isinstance(value, list):
+            raise ValueError(f"{where}.{key} must be a list, got {value!r}")
+    ids = [_int(i, f"{where}.ids[{n}]") for n, i in enumerate(ids_raw)]
+    names = [_str(x, f"{where}.names[{n}]") for n, x in enumerate(names_raw)]
+    colors = []
+    for n, c in enumerate(colors_raw):
+        if not isinstance(c, list):
+            raise ValueError(f"{where}.colors[{n}] must be an RGB triple, got {c!r}")
+        colors.append(tuple(_int(v, f"{where}.colors[{n}]") for v in c))
     if not (len(ids) == len(names) == len(colors)):
         raise ValueError(
             f"classes.ids, classes.names and classes.colors differ in length "
@@ -310,17 +431,20 @@ def _parse_classes(raw: dict[str, Any]) -> list[ClassInfo]:
 
 
 def _parse_split(name: str, raw: dict[str, Any]) -> SplitSpec:
+    where = f"splits.{name}"
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be a table, got {raw!r}")
     val, holdout = raw.get("val"), raw.get("val_holdout")
     if (val is None) == (holdout is None):
         raise ValueError(f"split '{name}' needs exactly one of 'val' (list file) or 'val_holdout'")
-    if holdout is not None and int(holdout) < 1:
-        raise ValueError(f"split '{name}': val_holdout must be ≥ 1")
+    if holdout is not None and _int(holdout, f"{where}.val_holdout") < 1:
+        raise ValueError(f"{where}.val_holdout must be ≥ 1, got {holdout}")
     return SplitSpec(
         name=name,
-        train=raw["train"],
-        test=raw["test"],
-        val=val,
-        val_holdout=int(holdout) if holdout is not None else None,
+        train=_str(_req(raw, "train", where), f"{where}.train"),
+        test=_str(_req(raw, "test", where), f"{where}.test"),
+        val=_str(val, f"{where}.val") if val is not None else None,
+        val_holdout=holdout,
     )
 
 
@@ -384,9 +508,16 @@ def _parse_protocol(
         classes=classes,
         foreground_only=foreground_only,
         empty_union=empty,
-        resize=(int(resize[0]), int(resize[1])) if resize else None,
+        resize=(
+            (
+                _int(resize[0], f"protocols.{name}.resize"),
+                _int(resize[1], f"protocols.{name}.resize"),
+            )
+            if resize
+            else None
+        ),
         merge=merge,
-        description=raw.get("description", ""),
+        description=_str(raw.get("description", ""), f"protocols.{name}.description"),
     )
 
 
@@ -401,10 +532,16 @@ def _parse_unlabeled(unl: dict[str, Any]) -> UnlabeledSpec:
         raise ValueError(
             '[unlabeled] needs exactly one of images = "<glob>" or from_split = "train"'
         )
+    exclude = unl.get("exclude", [])
+    if not isinstance(exclude, list):
+        raise ValueError(f"unlabeled.exclude must be a list of names, got {exclude!r}")
+    images = unl.get("images")
     return UnlabeledSpec(
-        images=unl.get("images"),
-        crop_bottom=int(unl.get("crop_bottom", 0)),
+        images=_str(images, "unlabeled.images") if images is not None else None,
+        crop_bottom=_int(unl.get("crop_bottom", 0), "unlabeled.crop_bottom"),
         from_split=source is not None,
+        exclude=tuple(_str(x, "unlabeled.exclude") for x in exclude),
+        neardup_threshold=_number(unl.get("neardup_threshold", 0.5), "unlabeled.neardup_threshold"),
     )
 
 

@@ -13,6 +13,9 @@ from PIL import Image, UnidentifiedImageError
 from bench.core.errors import BenchError
 from bench.data.cards import DatasetCard
 from bench.data.download import sha256_file
+from bench.data.neardup import scan_card
+from bench.data.pool import pool_members
+from bench.data.protocol import partition
 from bench.data.sources import GeneratedSource, source_for
 
 ALPHA_MODES = ("LA", "PA", "RGBA")
@@ -29,6 +32,8 @@ def check_dataset(card: DatasetCard, data_root: Path) -> list[str]:
             f"BENCH_DATA_ROOT / --data-root to the folder that contains {card.root}/"
         ]
     stems, problems = _split_stems(card, root)
+    if not problems:
+        problems += _check_splits(card, data_root)
     if card.layout is not None:
         allowed = set(card.class_ids) | {src for src, _ in card.merge}
         for stem, listed_in in stems.items():
@@ -65,6 +70,23 @@ def _split_stems(card: DatasetCard, root: Path) -> tuple[dict[str, str], list[st
         for stem in names:
             stems.setdefault(stem, rel)
     return stems, problems
+
+
+def _check_splits(card: DatasetCard, data_root: Path) -> list[str]:
+    """Each split's lists are disjoint (train/test, val/test) and name no stem twice."""
+    problems = []
+    source = source_for(card, data_root)
+    for split in card.splits:
+        lists = source.split_lists(split)
+        for part, stems in (("train", lists.train), ("val", lists.val), ("test", lists.test)):
+            repeated = sorted({s for s in stems or [] if (stems or []).count(s) > 1})
+            if repeated:
+                problems.append(f"{lists.files[part]}: names {', '.join(repeated)} twice")
+        try:
+            partition(card, data_root, split)
+        except BenchError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _check_pair(
@@ -163,3 +185,82 @@ def _check_unlabeled(card: DatasetCard, root: Path) -> list[str]:
         except (OSError, UnidentifiedImageError) as exc:
             problems.append(f"{path}: unlabeled image cannot be read ({exc})")
     return problems
+
+
+def neardup_report(card: DatasetCard, data_root: Path) -> tuple[list[str], list[str]]:
+    """Lines describing the card's near-duplicate pairs, the measured gap and each split's honest
+    pool; plus problems (a training image near-duplicating an evaluation image of the same split,
+    an ``exclude`` entry naming no pool image)."""
+    if isinstance(source_for(card, data_root), GeneratedSource):
+        return [], []
+    found = scan_card(card, data_root)
+    parts = _parts(card, data_root)
+    roles = _roles(parts)
+    lines = [
+        f"near-duplicates (thumbnail correlation ≥ {found.threshold:.2f}, rotations and flips "
+        f"considered): {len(found.pairs)} pair(s) among {len(found.names)} images"
+    ]
+    low = "–" if found.lowest_pair is None else f"{found.lowest_pair:.3f}"
+    high = "–" if found.highest_other is None else f"{found.highest_other:.3f}"
+    lines.append(f"gap: the pairs score ≥ {low}; every other pair of images ≤ {high}")
+    margin = 0.1
+    if (found.lowest_pair is not None and found.lowest_pair < found.threshold + margin) or (
+        found.highest_other is not None and found.highest_other > found.threshold - margin
+    ):
+        lines.append(
+            f"warning: a score lies within {margin} of the threshold; look at those images and "
+            "list any missed near-duplicate in [unlabeled] exclude"
+        )
+    problems = []
+    for pair in found.pairs:
+        where = "; ".join(f"{n}: {roles[n]}" for n in (pair.a, pair.b) if roles.get(n))
+        lines.append(
+            f"  {pair.score:.4f}  {pair.a} ~ {pair.b} ({pair.transform})"
+            + (f"  [{where}]" if where else "")
+        )
+        for split, stems in parts.items():
+            kinds = {stems.get(pair.a), stems.get(pair.b)}
+            if "train" in kinds and kinds & {"val", "test"}:
+                problems.append(
+                    f"{card.path}: split '{split}': {pair.a} and {pair.b} are near-duplicates "
+                    f"(score {pair.score:.3f}) but one is a training image and the other is "
+                    "evaluated"
+                )
+    if card.unlabeled is not None:
+        members = {name for name, _ in pool_members(card, data_root, mode="transductive")}
+        for name in card.unlabeled.exclude:
+            if name not in members:
+                problems.append(
+                    f"{card.path}: [unlabeled] exclude names {name!r}, which is no pool image "
+                    "(expected unlabeled/<file name> or a training stem)"
+                )
+        for split in card.splits:
+            total = len(pool_members(card, data_root, split, "transductive"))
+            honest = len(pool_members(card, data_root, split, "honest"))
+            lines.append(
+                f"honest pool of {split}: {honest} of {total} images ({total - honest} left out)"
+            )
+    return lines, problems
+
+
+def _parts(card: DatasetCard, data_root: Path) -> dict[str, dict[str, str]]:
+    """Split -> labeled stem -> ``train``, ``val`` or ``test``."""
+    parts: dict[str, dict[str, str]] = {}
+    for split in card.splits:
+        part = partition(card, data_root, split)
+        parts[split] = {
+            **dict.fromkeys(part.pool, "train"),
+            **dict.fromkeys(part.val, "val"),
+            **dict.fromkeys(part.test, "test"),
+        }
+    return parts
+
+
+def _roles(parts: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Labeled stem -> e.g. ``val of fold0, test of fold5`` (training roles omitted)."""
+    roles: dict[str, list[str]] = {}
+    for split, stems in parts.items():
+        for stem, kind in stems.items():
+            if kind != "train":
+                roles.setdefault(stem, []).append(f"{kind} of {split}")
+    return {stem: ", ".join(r) for stem, r in roles.items()}

@@ -4,8 +4,12 @@
 - validation: the split's val list, or a fixed held-out part of train (``val_holdout``);
 - pool: the rest of train; shots are drawn from it.
 
-A draw is a seeded permutation of the pool; ``N`` shots are its first ``N`` images, so the draw
-of ``N`` is contained in the draw of ``2N`` with the same draw id.
+A draw is an order of the pool; ``N`` shots are its first ``N`` images, so the draw of ``N`` is
+contained in the draw of ``2N`` with the same draw id. Draw ``d`` of a pool of ``n`` images reads a
+seeded permutation ``P`` of the pool at positions ``d + o_i (mod n)``, where ``o`` spreads over the
+pool (0, n/2, n/4, 3n/4, … : a van der Corput sequence): every draw is a uniformly random subset,
+the first ``n`` draws start with ``n`` distinct images, and ``K`` draws of ``N`` shots share no
+image while ``K·N`` is at most about ``n``. Draws ``d ≥ n`` use another permutation.
 """
 
 from __future__ import annotations
@@ -85,5 +89,18 @@ def draw_shots(pool: list[str], shots: int | None, draw: int, key: str) -> list[
             f"--shots {shots} is more than the {len(pool)} images available for shots in {key} "
             f"(train minus validation); use --shots all for the whole pool"
         )
-    order = np.random.default_rng(stable_seed(key, "draw", draw)).permutation(len(pool))
-    return [pool[i] for i in order[:shots]]
+    n = len(pool)
+    cycle, start = divmod(draw, n)
+    perm = np.random.default_rng(stable_seed(key, "draws", cycle)).permutation(n)
+    return [pool[perm[(start + o) % n]] for o in spread_offsets(n)[:shots]]
+
+
+def spread_offsets(n: int) -> list[int]:
+    """0..n-1 in van der Corput order scaled to ``n`` (0, n/2, n/4, 3n/4, …): each prefix is
+    spread as evenly as possible over the pool."""
+    bits = max(1, (n - 1).bit_length())
+    seen: dict[int, None] = {}
+    for k in range(1 << bits):
+        reversed_k = int(f"{k:0{bits}b}"[::-1], 2)
+        seen.setdefault(reversed_k * n >> bits, None)
+    return list(seen)

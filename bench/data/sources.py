@@ -155,7 +155,21 @@ class FileSource(Source):
         ]
 
     def presence(self) -> str:
-        return "yes" if (self.data_root / self.card.root).is_dir() else "no"
+        """``yes`` only when every file the card names is there (split lists, each listed image
+        and mask, at least one unlabeled file), the file list ``data check`` verifies;
+        ``incomplete`` for a folder missing some; ``no`` without the folder."""
+        if not (self.data_root / self.card.root).is_dir():
+            return "no"
+        try:
+            for split in self.card.splits:
+                lists = self.split_lists(split)
+                for stem in {*lists.train, *(lists.val or []), *lists.test}:
+                    if not (self.image_path(stem).is_file() and self.mask_path(stem).is_file()):
+                        return "incomplete"
+            self.unlabeled_files()
+        except BenchError:
+            return "incomplete"
+        return "yes"
 
 
 class GeneratedSource(Source):

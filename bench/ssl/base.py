@@ -127,7 +127,7 @@ class SSLMethod(Method):
             "encoder": ctx.encoder,
             "init": ctx.init,
             "scale": ctx.scale.describe(),
-            "pool": pool_fingerprint(ctx.card, ctx.data_root, ctx.split),
+            "pool": pool_fingerprint(ctx.card, ctx.data_root, ctx.split, ctx.pool),
             "seed": ctx.seed,
             "profile": ctx.profile,
         }

@@ -36,8 +36,7 @@ from bench.core.console import progress
 from bench.core.errors import BenchError
 from bench.core.provenance import collect_versions, config_hash
 from bench.core.schedules import SCHEDULES, warmup_then
-from bench.data.pool import load_pool, pool_files
-from bench.data.protocol import partition
+from bench.data.pool import load_pool, pool_members
 from bench.models.encoders import build_encoder, initial_encoder_state, load_strict
 from bench.models.scale import to_scale
 from bench.models.segmenter import PretrainedWeights
@@ -180,7 +179,8 @@ def load_scaled_pool(ctx: EncoderContext, cfg: PretrainConfig) -> tuple[ImagePoo
     """The pool at the working scale on the training device, and ``ctx`` with its pool names."""
     limit = cfg.pool_limit or None
     images = [
-        to_scale(im, ctx.scale) for im in load_pool(ctx.card, ctx.data_root, limit, ctx.split)
+        to_scale(im, ctx.scale)
+        for im in load_pool(ctx.card, ctx.data_root, limit, ctx.split, ctx.pool)
     ]
     names = pool_names(ctx, limit, len(images))
     return ImagePool(images, ctx.device), dataclasses.replace(ctx, pool_names=names)
@@ -189,12 +189,9 @@ def load_scaled_pool(ctx: EncoderContext, cfg: PretrainConfig) -> tuple[ImagePoo
 def pool_names(ctx: EncoderContext, limit: int | None, count: int) -> tuple[str, ...]:
     """What each pool image is: a stem of the split when the pool is the split's training images
     (so a shot that is also in the pool is recognised), else ``unlabeled/<file or index>``."""
-    spec = ctx.card.unlabeled
-    if spec is not None and spec.from_split:
-        return tuple(partition(ctx.card, ctx.data_root, ctx.split).pool[:limit])
-    files = pool_files(ctx.card, ctx.data_root, ctx.split)[:limit]
-    if files:
-        return tuple(f"unlabeled/{f.name}" for f in files)
+    members = pool_members(ctx.card, ctx.data_root, ctx.split, ctx.pool)[:limit]
+    if members:
+        return tuple(name for name, _ in members)
     return tuple(f"unlabeled/{i}" for i in range(count))
 
 

@@ -137,7 +137,7 @@ def test_metaldam_folds_and_unlabeled_pool(shared_data: Path) -> None:
     union = set().union(*tests)
     assert len(union) == 42 == sum(len(t) for t in tests)  # disjoint and covering
     assert union == {f"micrograph{n}" for n in range(42)}
-    files = pool_files(card, shared_data)
+    files = pool_files(card, shared_data, mode="transductive")
     assert len(files) == 164
     assert {f.name for f in files} == {f"micrograph{n}.png" for n in range(164)}
 
@@ -179,14 +179,14 @@ def test_ebc_pretraining_pool_is_the_training_images_only(shared_data: Path) -> 
 
 def test_unlabeled_section_needs_one_source(tmp_path: Path) -> None:
     card = (CARDS_DIR / "ebc1.toml").read_text()
-    bad = tmp_path / "bad.toml"
+    bad = tmp_path / "ebc1.toml"
     bad.write_text(card.replace('from_split = "train"', 'from_split = "test"'))
     with pytest.raises(BenchError, match='only "train" is allowed'):
         parse_card(bad)
     bad.write_text(
         card.replace('from_split = "train"', 'from_split = "train"\nimages = "images/*.png"')
     )
-    with pytest.raises(BenchError, match=r"bad\.toml: bad dataset card: .*exactly one of images"):
+    with pytest.raises(BenchError, match=r"ebc1\.toml: bad dataset card: .*exactly one of images"):
         parse_card(bad)
 
 
@@ -233,7 +233,7 @@ BAD_CARDS = {
     "missing_classes": (
         _edit("[classes]\nids = [0, 1, 2]\n", "[klasses]\nids = [0, 1, 2]\n"),
         None,
-        r"missing field 'classes'",
+        r"unknown table 'klasses'",
     ),
     "ids_not_0_to_n": (
         _edit("ids = [0, 1, 2]", "ids = [1, 2, 3]"),
@@ -268,6 +268,46 @@ BAD_CARDS = {
         "binary",
         r"class id\(s\) \[2\] of the card are neither merged",
     ),
+    "unknown_table": (
+        _edit("[unlabeled]\n", "[unlabelled]\n"),
+        None,
+        r"unknown table 'unlabelled' \(allowed: .*unlabeled",
+    ),
+    "unknown_key": (
+        _edit('from_split = "train"', 'from_split = "train"\ncrop_botom = 3'),
+        None,
+        r"unknown key 'unlabeled\.crop_botom' \(allowed in unlabeled: ",
+    ),
+    "unknown_protocol_key": (
+        _edit('metric = "dice"', 'metric = "dice"\nmetrics = "iou"'),
+        None,
+        r"unknown key 'protocols\.pscl-paper\.metrics'",
+    ),
+    "name_not_stem": (
+        _edit('name = "ebc1"', 'name = "ebc9"'),
+        None,
+        r"name = 'ebc9' must equal the file name's stem 'ebc1'",
+    ),
+    "holdout_not_int": (
+        _edit('val = "splits/EBC1_val.txt"', 'val_holdout = "five"'),
+        None,
+        r"splits\.nasa\.val_holdout must be an integer, got 'five'",
+    ),
+    "crop_not_int": (
+        _edit('from_split = "train"', 'images = "x/*.png"\ncrop_bottom = "66"'),
+        None,
+        r"unlabeled\.crop_bottom must be an integer, got '66'",
+    ),
+    "color_not_int": (
+        _edit("[0, 170, 255]", '[0, "a", 255]'),
+        None,
+        r"classes\.colors\[1\] must be an integer, got 'a'",
+    ),
+    "missing_train": (
+        _edit('train = "splits/EBC1_train.txt"\n', ""),
+        None,
+        r"missing field 'splits\.nasa\.train'",
+    ),
     "split_not_a_table": (
         _edit("[splits]\n", '[splits]\nextra = "x"\n'),
         None,
@@ -294,7 +334,8 @@ BAD_CARDS = {
 @pytest.mark.parametrize("case", sorted(BAD_CARDS))
 def test_bad_card_is_a_bench_error_naming_the_file(case: str, tmp_path: Path) -> None:
     text, variant, message = BAD_CARDS[case]
-    path = tmp_path / f"{case}.toml"
+    path = tmp_path / case / "ebc1.toml"
+    path.parent.mkdir()
     if text is None:
         path.write_bytes(b"\xff\xfe\x00 not text \x89PNG")
     else:
@@ -305,7 +346,9 @@ def test_bad_card_is_a_bench_error_naming_the_file(case: str, tmp_path: Path) ->
 
 
 def test_bad_card_through_load_card_names_the_file(tmp_path: Path) -> None:
-    (tmp_path / "broken.toml").write_text(_edit("ids = [0, 1, 2]", "ids = [0, 1, 3]"))
+    (tmp_path / "broken.toml").write_text(
+        _edit("ids = [0, 1, 2]", "ids = [0, 1, 3]").replace('name = "ebc1"', 'name = "broken"')
+    )
     with pytest.raises(BenchError, match=r"broken\.toml: bad dataset card: class ids"):
         load_card("broken", cards_dir=tmp_path)
     with pytest.raises(BenchError, match=r"broken\.toml.*no variant 'x'"):
@@ -315,7 +358,7 @@ def test_bad_card_through_load_card_names_the_file(tmp_path: Path) -> None:
 
 def test_unedited_base_card_parses_from_a_copy(tmp_path: Path) -> None:
     """The bad-card cases above differ from a good card only by their edit."""
-    path = tmp_path / "copy.toml"
+    path = tmp_path / "ebc1.toml"
     path.write_text(BASE)
     card = parse_card(path)
     assert card.num_classes == 3 and card.path == path

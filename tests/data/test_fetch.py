@@ -51,7 +51,7 @@ def _sha256(data: bytes) -> str:
 
 # -- MetalDAM -------------------------------------------------------------------------------------
 
-N_LABELED, N_UNLABELED = 6, 2
+N_LABELED, N_UNLABELED = 7, 2  # 6 train images per fold: more than the 5 held out
 W, H, BAND = 16, 20, 3
 
 
@@ -317,7 +317,12 @@ def test_cards_that_cannot_be_fetched(tmp_path: Path) -> None:
 def test_generic_files_recipe(file_server: FileServer, tmp_path: Path) -> None:
     image = _image_bytes(RNG.integers(0, 255, (8, 8)), "PNG")
     mask = _image_bytes(RNG.integers(0, 2, (8, 8)), "PNG")
-    files = {"images/x#1.png": image, "masks/x#1.png": mask, "list.txt": b"x#1\n"}
+    files = {
+        **{f"images/x#{i}.png": image for i in (1, 2, 3)},
+        **{f"masks/x#{i}.png": mask for i in (1, 2, 3)},
+        "train.txt": b"x#1\nx#2\n",
+        "test.txt": b"x#3\n",
+    }
     entries = ",\n".join(
         f'{{ url = "https://example.org/d/{i}", name = "f{i}", dest = "{rel}", '
         f'sha256 = "{_sha256(data)}" }}'
@@ -330,7 +335,7 @@ def test_generic_files_recipe(file_server: FileServer, tmp_path: Path) -> None:
         'name = "mini"\n'
         '[classes]\nids = [0, 1]\nnames = ["a", "b"]\ncolors = [[0, 0, 0], [9, 9, 9]]\n'
         '[layout]\nimages = "images/{stem}.png"\nmasks = "masks/{stem}.png"\n'
-        '[splits.s]\ntrain = "list.txt"\ntest = "list.txt"\nval_holdout = 1\n'
+        '[splits.s]\ntrain = "train.txt"\ntest = "test.txt"\nval_holdout = 1\n'
         f'[fetch]\nrecipe = "files"\nfiles = [\n{entries}\n]\n'
     )
     card = parse_card(card_path)

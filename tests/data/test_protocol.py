@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.core.errors import BenchError
-from bench.data.cards import load_card
+from bench.data.cards import available_cards, load_card
 from bench.data.protocol import draw_shots, parse_shots, partition, stable_seed
 from bench.data.sources import dataset_dir, read_list
 from tests.helpers.paths import REPO
@@ -92,7 +92,7 @@ def test_different_draw_ids_give_different_shots(shared_data: Path) -> None:
     fours = [frozenset(draw_shots(pool, 4, d, "metaldam/fold0")) for d in range(5)]
     assert len(set(fours)) == 5
     ones = [draw_shots(pool, 1, d, "metaldam/fold0")[0] for d in range(10)]
-    assert len(set(ones)) > 1
+    assert len(set(ones)) == 10  # distinct first images while the pool allows
     # the key matters too: another split/dataset draws independently
     assert draw_shots(pool, 8, 0, "metaldam/fold0") != draw_shots(pool, 8, 0, "metaldam/fold1")
 
@@ -188,3 +188,33 @@ def test_draws_are_identical_in_another_process(shared_data: Path) -> None:
         part = partition(card, shared_data, split)
         assert value["val"] == part.val
         assert value["draws"] == [draw_shots(part.pool, 4, d, key) for d in range(3)]
+
+
+def _assert_spread_draws(pool: list[str], key: str) -> None:
+    n = len(pool)
+    for shots in (1, 2, 4):
+        if shots > n:
+            continue
+        draws = [draw_shots(pool, shots, d, key) for d in range(max(5, n + 1))]
+        firsts = [d[0] for d in draws[:n]]
+        assert len(set(firsts)) == n, (key, shots)  # K distinct first images for K ≤ n
+        k = max(1, n // shots)
+        used = [s for d in draws[: min(5, k)] for s in d]
+        assert len(used) == len(set(used)), (key, shots)  # K·N ≤ n: no shared image
+        for d in range(5):
+            bigger = draw_shots(pool, min(2 * shots, n), d, key)
+            assert set(draws[d]) <= set(bigger), (key, shots, d)  # nested
+            assert len(set(draws[d])) == shots and set(draws[d]) <= set(pool)
+
+
+def test_draws_spread_and_nest_on_every_split_of_every_card(shared_data: Path) -> None:
+    for name in available_cards():
+        card = load_card(name)
+        for split in card.splits or [None]:
+            pool = partition(card, shared_data, split).pool
+            _assert_spread_draws(pool, f"{card.name}/{split}")
+
+
+def test_draws_spread_on_small_pools() -> None:
+    for n in (1, 2, 3, 5, 7, 12):
+        _assert_spread_draws([f"s{i}" for i in range(n)], f"pool{n}")
