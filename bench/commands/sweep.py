@@ -150,11 +150,11 @@ def main(args: argparse.Namespace) -> int:
     storage_url = args.storage or default_storage_url(store_url)
     opened = open_storage(storage_url, args.heartbeat, args.grace)
     opened.callback.hooks.append(interrupted_runs_hook(ResultStore(store_url)))
-    study = create_study(opened, name)
+    study = create_study(opened, name, args.heartbeat, args.grace, warn=plain_warning)
     study.set_user_attr("kind", "sweep")
     study.set_user_attr("store", mask_password(store_url))
     fail_stale(study)
-    report = enqueue(study, specs)
+    report = enqueue(study, specs, opened)
     console.print(
         f"sweep '{name}' ({opened.shown}): {len(specs)} grid points — {report.added} enqueued"
         + (f" ({report.retried} failed before, retried)" if report.retried else "")

@@ -29,16 +29,16 @@ def add_study_options(
         parser.add_argument(
             "--heartbeat",
             type=int,
-            default=60,
             metavar="S",
-            help="seconds between a running trial's heartbeats (default: 60)",
+            help="seconds between a running trial's heartbeats (default: 60); set when the "
+            "study is created, after which every worker uses the study's",
         )
         parser.add_argument(
             "--grace",
             type=int,
             metavar="S",
             help="a running trial without heartbeat for this long is failed and retried "
-            "(default: 2 × heartbeat)",
+            "(default: 2 × heartbeat); set when the study is created, like --heartbeat",
         )
 
 

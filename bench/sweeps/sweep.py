@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from bench.core.errors import BenchError
-from bench.sweeps.studies import GRID_KEY, LABEL, StaleHook
+from bench.sweeps.studies import GRID_KEY, LABEL, OpenedStorage, StaleHook, storage_lock
 
 if TYPE_CHECKING:
     from bench.results.store import ResultStore
@@ -184,8 +184,14 @@ class EnqueueReport:
     retried: int = 0
 
 
-def enqueue(study: optuna.Study, specs: list[RunSpec]) -> EnqueueReport:
-    """Enqueue the grid points that have no waiting, running or complete trial yet."""
+def enqueue(study: optuna.Study, specs: list[RunSpec], opened: OpenedStorage) -> EnqueueReport:
+    """Enqueue the grid points that have no waiting, running or complete trial yet, holding the
+    storage's enqueue lock: two sweeps enqueueing the same grid at once add each point once."""
+    with storage_lock(opened):
+        return _enqueue(study, specs)
+
+
+def _enqueue(study: optuna.Study, specs: list[RunSpec]) -> EnqueueReport:
     states: dict[str, set[TrialState]] = defaultdict(set)
     for trial in study.get_trials(deepcopy=False):
         key = trial.user_attrs.get(GRID_KEY)

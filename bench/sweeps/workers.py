@@ -36,6 +36,7 @@ from bench.sweeps.studies import (
     HEARTBEAT_S,
     OpenedStorage,
     fail_stale,
+    heartbeat_interval,
     is_heartbeat_enabled,
     load_study,
     open_storage,
@@ -256,7 +257,7 @@ class WorkerOptions:
     cache_dir: str | None = None
     device: str = "auto"
     compile: str = "off"
-    heartbeat: int = HEARTBEAT_S
+    heartbeat: int | None = None
     grace: int | None = None
     wait: bool = True
     max_trials: int | None = None
@@ -275,10 +276,9 @@ class WorkerOptions:
             self.device,
             "--compile",
             self.compile,
-            "--heartbeat",
-            str(self.heartbeat),
         ]
         for flag, value in (
+            ("--heartbeat", self.heartbeat),
             ("--grace", self.grace),
             ("--data-root", self.data_root),
             ("--cache-dir", self.cache_dir),
@@ -337,7 +337,7 @@ def run_worker(
     if add_hook:
         assert env.store is not None
         opened.callback.hooks.append(interrupted_runs_hook(env.store))
-    poll = min(5.0, float(opts.heartbeat))
+    poll = min(5.0, float(heartbeat_interval(opened.storage) or HEARTBEAT_S))
     return work(
         study,
         opened,
@@ -354,7 +354,7 @@ def worker_main(
 ) -> WorkerReport:
     """Open the study and work on it until nothing is left (``bench worker``, SLURM tasks)."""
     opened = open_storage(opts.storage, opts.heartbeat, opts.grace, must_exist=True)
-    study = load_study(opened, opts.name)
+    study = load_study(opened, opts.name, opts.heartbeat, opts.grace, warn)
     report = run_worker(study, opened, opts, log, warn)
     log(
         f"worker done: {report.completed} trials completed, {report.failed} failed "

@@ -1,0 +1,135 @@
+"""Sweeps under faults: a kill between claim and first heartbeat, mixed heartbeat settings,
+concurrent enqueue on a fresh storage. No torch: the processes here only touch the study."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.paths import REPO
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def storage_url(tmp_path: Path, kind: str, stem: str = "s") -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / f'{stem}.sqlite'}"
+    return f"journal:///{tmp_path / f'{stem}.log'}"
+
+
+CLAIM_AND_DIE = textwrap.dedent("""
+    import os, signal, sys
+    from bench.sweeps.studies import load_study, open_storage
+    from bench.sweeps.workers import claim
+    opened = open_storage(sys.argv[1])
+    trial = claim(load_study(opened, "k"), opened)
+    assert trial is not None
+    os.kill(os.getpid(), signal.SIGKILL)  # after the claim, before any heartbeat
+""")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_worker_killed_between_claim_and_heartbeat_is_recovered(tmp_path: Path, kind: str) -> None:
+    from optuna.trial import TrialState
+
+    from bench.sweeps.studies import create_study, fail_stale, open_storage
+
+    url = storage_url(tmp_path, kind)
+    opened = open_storage(url)
+    study = create_study(opened, "k", heartbeat=1, grace=2)
+    study.enqueue_trial({}, user_attrs={"grid_key": "g", "label": "point"})
+    proc = subprocess.run([sys.executable, "-c", CLAIM_AND_DIE, url], env=ENV, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.RUNNING]
+    time.sleep(3.0)
+    fail_stale(study)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].user_attrs == {"grid_key": "g", "label": "point"}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_workers_use_the_studys_heartbeat_not_their_flags(tmp_path: Path, kind: str) -> None:
+    """A worker started with a 1 s grace must not fail a live trial of a study beating every 4 s."""
+    from optuna.trial import TrialState
+
+    from bench.sweeps.studies import create_study, fail_stale, load_study, open_storage
+    from bench.sweeps.workers import Heartbeat, claim
+
+    url = storage_url(tmp_path, kind)
+    slow = open_storage(url, heartbeat=4)
+    study = create_study(slow, "m", heartbeat=4, grace=8)
+    study.enqueue_trial({}, user_attrs={"grid_key": "g"})
+    trial = claim(study, slow)
+    assert trial is not None
+    with Heartbeat(slow, trial._trial_id):
+        pass  # one beat now; the next would come in 4 s
+    notes: list[str] = []
+    hasty = open_storage(url, heartbeat=1, grace=1)
+    hasty_study = load_study(hasty, "m", heartbeat=1, grace=1, warn=notes.append)
+    assert hasty.storage.get_heartbeat_interval() == 4
+    assert notes and "beats every 4 s with 8 s grace" in notes[0] and "--grace 1" in notes[0]
+    time.sleep(2.5)
+    fail_stale(hasty_study)
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.RUNNING]
+    # flags only set a new study's settings
+    other = create_study(open_storage(url, heartbeat=1, grace=3), "n", heartbeat=1, grace=3)
+    assert (other.user_attrs["heartbeat_s"], other.user_attrs["grace_s"]) == (1, 3)
+
+
+ENQUEUER = textwrap.dedent("""
+    import dataclasses, sys, time
+    from bench.sweeps.studies import create_study, open_storage
+    from bench.sweeps.sweep import enqueue
+
+    @dataclasses.dataclass(frozen=True)
+    class Spec:  # the fields a RunSpec has that enqueue reads (no torch import here)
+        method: str
+        dataset: str = "synthetic"
+        shots: str = "1"
+        draw: int = 0
+        profile: str = "smoke"
+        params: dict = dataclasses.field(default_factory=dict)
+
+    specs = [Spec(method=f"m{i}", draw=d) for i in range(6) for d in range(3)]
+    start = float(sys.argv[2])
+    while time.time() < start:
+        time.sleep(0.001)
+    opened = open_storage(sys.argv[1])
+    report = enqueue(create_study(opened, "grid"), specs, opened)
+    print(report.added)
+""")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_two_sweeps_enqueueing_at_once_on_a_fresh_storage(tmp_path: Path, kind: str) -> None:
+    """Both processes succeed (no "table already exists") and every grid point is queued once."""
+    from bench.sweeps.studies import load_study, open_storage
+
+    for attempt in range(3):
+        url = storage_url(tmp_path, kind, f"fresh{attempt}")
+        start = time.time() + 4.0  # both have imported optuna by then
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", ENQUEUER, url, str(start)],
+                env=ENV,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        assert sorted(int(out) for out, _ in outs) == [0, 18]
+        trials = load_study(open_storage(url), "grid").get_trials(deepcopy=False)
+        keys = Counter(t.user_attrs["grid_key"] for t in trials)
+        assert len(keys) == 18 and set(keys.values()) == {1}
