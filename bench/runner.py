@@ -35,7 +35,7 @@ from bench.finetune.train import FinetuneResult, finetune
 from bench.models.scale import resolve_scale
 from bench.models.segmenter import build_segmenter
 from bench.profiles import finetune_config, get_profile
-from bench.results.store import MetricRow, NewRun, ResultStore
+from bench.results.store import DuplicateResult, MetricRow, NewRun, ResultStore
 from bench.ssl.engine import encoder_for
 from bench.ssl.method import EncoderContext, Method
 from bench.ssl.registry import get_method
@@ -184,7 +184,7 @@ def run_one(
             )
     run_id = env.store.start_run(_new_run(run, env))
     started = time.time()
-    try:
+    try:  # every error from here on marks the run failed with its reason
         encoder = encoder_for(run.method, run.ctx)
         pretrain_seconds = time.time() - started
         torch.manual_seed(run.config["seed"])
@@ -206,44 +206,51 @@ def run_one(
             compile=env.compile,
             pretrained=encoder.weights.parts if encoder.weights else (),
         )
+        rows = metric_rows(result, run.card)
+        summary = {
+            **encoder.info,
+            "predictions": save_predictions(
+                result.selected.predictions, env.cache_dir / "predictions" / run.hash
+            ),
+            "selected_step": result.selected.step,
+            "finetune_compiled": result.compiled,
+            "losses": result.losses,
+            "evals": [
+                {
+                    "step": e.step,
+                    "val": e.val_score,
+                    **{f"test/{k}": v.score for k, v in e.test.items()},
+                }
+                for e in result.evals
+            ],
+            "seconds": {"total": time.time() - started, "encoder": pretrain_seconds},
+            "absent_classes": result.selected.test["honest"].summary.absent,
+        }
+        env.store.finish_run(run_id, rows, summary, replace=env.force)
+    except DuplicateResult:
+        raise  # already marked failed as a duplicate
     except BenchError as exc:
         env.store.fail_run(run_id, str(exc))
         raise
     except BaseException as exc:
         env.store.fail_run(run_id, "".join(traceback.format_exception(exc)))
         raise
-    rows = metric_rows(result, run.card)
-    summary = {
-        **encoder.info,
-        "predictions": save_predictions(
-            result.selected.predictions, env.cache_dir / "predictions" / run.hash
-        ),
-        "selected_step": result.selected.step,
-        "finetune_compiled": result.compiled,
-        "losses": result.losses,
-        "evals": [
-            {
-                "step": e.step,
-                "val": e.val_score,
-                **{f"test/{k}": v.score for k, v in e.test.items()},
-            }
-            for e in result.evals
-        ],
-        "seconds": {"total": time.time() - started, "encoder": pretrain_seconds},
-        "absent_classes": result.selected.test["honest"].summary.absent,
-    }
-    env.store.finish_run(run_id, rows, summary, replace=env.force)
     return RunOutcome(spec, "succeeded", run.hash, run_id, scores_of(result))
 
 
 def save_predictions(predictions: dict[str, np.ndarray], folder: Path) -> dict[str, str]:
     """Write class-id PNGs of the selected model's test predictions; returns stem → path."""
-    folder.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for stem, pred in predictions.items():
-        path = folder / f"{stem}.png"
-        Image.fromarray(pred).save(path)
-        paths[stem] = str(path.resolve())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stem, pred in predictions.items():
+            path = folder / f"{stem}.png"
+            Image.fromarray(pred).save(path)
+            paths[stem] = str(path.resolve())
+    except OSError as exc:
+        raise BenchError(
+            f"cannot write predictions to folder {folder}: {exc.strerror or exc}"
+        ) from exc
     return paths
 
 
@@ -345,9 +352,12 @@ def make_env(
         compile != "off"
     ):  # compiled kernels persist beside the pretrainings, for later runs and workers
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache / "inductor").resolve()))
+    store = ResultStore(store_url) if with_store else None
+    if store is not None:
+        store.fail_gone_runs()  # runs of this host left 'running' by a killed process
     return RunEnv(
         data_root=resolve_data_root(data_root),
-        store=ResultStore(store_url) if with_store else None,
+        store=store,
         device=resolve_device(device),
         cache_dir=cache,
         force=force,

@@ -270,11 +270,13 @@ def _create_retrying(create: Callable[[], RDBStorage], tries: int = 5) -> RDBSto
     ("already exists", a duplicate version row): the loser tries again and finds them."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from bench.results.store import creation_race
+
     for attempt in range(tries):
         try:
             return create()
-        except SQLAlchemyError:
-            if attempt == tries - 1:
+        except SQLAlchemyError as exc:
+            if attempt == tries - 1 or not creation_race(exc):
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")

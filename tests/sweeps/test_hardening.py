@@ -133,3 +133,62 @@ def test_two_sweeps_enqueueing_at_once_on_a_fresh_storage(tmp_path: Path, kind: 
         trials = load_study(open_storage(url), "grid").get_trials(deepcopy=False)
         keys = Counter(t.user_attrs["grid_key"] for t in trials)
         assert len(keys) == 18 and set(keys.values()) == {1}
+
+
+# --- The results store: errors after a run starts, runs whose process is gone ------------------
+
+KILLED_RUN = textwrap.dedent("""
+    import os, signal, sys
+    from bench.results.store import NewRun, ResultStore
+    store = ResultStore(sys.argv[1])
+    store.start_run(NewRun(
+        config_hash="c0ffee", method="scratch", dataset="synthetic", split="generated", shots=1,
+        shots_label="1", draw=0, seed=0, profile="smoke", init="random", encoder="resnet18",
+        arch="unet", config={}, images=[], device="cpu",
+    ))
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_running_rows_of_a_killed_process_on_this_host_are_failed(
+    tmp_path: Path, tmp_store_url: str
+) -> None:
+    from bench.results.store import ResultStore
+    from tests.helpers.store import add_run
+
+    proc = subprocess.run([sys.executable, "-c", KILLED_RUN, tmp_store_url], env=ENV, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    store = ResultStore(tmp_store_url)
+    add_run(store, "simclr", 0.5)  # succeeded, host "testhost": untouched
+    [killed] = store.runs(status="running")
+    assert killed.pid is not None and killed.pid != os.getpid()
+    from dataclasses import replace
+
+    from bench.results.store import NewRun
+
+    fields = {k: getattr(killed, k) for k in NewRun.__dataclass_fields__}
+    alive = store.start_run(replace(NewRun(**fields), config_hash="alive", pid=os.getpid()))
+    elsewhere = store.start_run(replace(NewRun(**fields), config_hash="other", host="node7"))
+    assert store.fail_gone_runs() == 1
+    [gone] = store.runs(config_hash="c0ffee")
+    assert gone.status == "failed" and f"process {killed.pid}" in (gone.error or "")
+    assert {r.id for r in store.runs(status="running")} == {alive, elsewhere}
+    assert len(store.runs(status="succeeded")) == 1
+
+
+def test_an_error_while_writing_the_results_fails_the_run_with_one_line(
+    tmp_path: Path, tmp_store_url: str
+) -> None:
+    """Predictions cannot be written (their folder is a file): the run is failed, not 'running'."""
+    from bench.core.errors import BenchError
+    from bench.runner import RunSpec, make_env, run_one
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "predictions").write_text("not a folder")
+    env = make_env(None, tmp_store_url, "cpu", str(cache))
+    with pytest.raises(BenchError, match=r"cannot write predictions to folder .*predictions"):
+        run_one(RunSpec(method="scratch", dataset="synthetic", profile="smoke"), env)
+    assert env.store is not None
+    [run] = env.store.runs()
+    assert run.status == "failed" and "cannot write predictions" in (run.error or "")
