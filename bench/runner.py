@@ -224,6 +224,7 @@ def run_one(
                 for e in result.evals
             ],
             "seconds": {"total": time.time() - started, "encoder": pretrain_seconds},
+            "threads": torch.get_num_threads(),
             "absent_classes": result.selected.test["honest"].summary.absent,
         }
         env.store.finish_run(run_id, rows, summary, replace=env.force)

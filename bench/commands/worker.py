@@ -5,6 +5,10 @@ each with ``run_one`` against this machine's data root, cache and device, and st
 ``--store``; several workers (on one machine or many) share the work and never run the same trial
 twice. A worker also waits for trials running elsewhere: if one's worker dies, its heartbeat stops
 and the trial is failed and retried here.
+
+On SIGTERM (scancel, preemption) or SIGUSR2 (SLURM's time-limit warning) the worker stops
+claiming, fails its running trial as interrupted and enqueues its retry, then exits. Exit codes:
+0 nothing left to do, 3 gave up after 3 trials in a row failed, 4 stopped by a signal.
 """
 
 from __future__ import annotations
@@ -62,8 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from bench.sweeps.workers import worker_main
 
-    worker_main(worker_options(args), log=plain_line, warn=plain_warning)
-    return 0
+    report = worker_main(worker_options(args), log=plain_line, warn=plain_warning)
+    return report.exit_code
 
 
 def worker_options(args: argparse.Namespace, **changes: object):

@@ -238,7 +238,7 @@ def open_storage(
     heartbeat = heartbeat or HEARTBEAT_S
     if heartbeat < 1:
         raise BenchError("--heartbeat must be ≥ 1 second")
-    path = _local_file(url)
+    path = local_file(url)
     if must_exist and path is not None and not path.is_file():
         raise BenchError(
             f"no study storage at {path} ({url}); start a sweep or tune there first, "
@@ -316,7 +316,7 @@ def storage_lock(opened: OpenedStorage) -> Iterator[None]:
     """Held while a process enqueues: one sweep at a time reads what is there and adds the rest.
     A lock file beside a SQLite or journal file; a PostgreSQL advisory lock on a server database
     (released when its connection ends, even if the process is killed)."""
-    path = _local_file(opened.url)
+    path = local_file(opened.url)
     storage = opened.storage
     if path is not None or not isinstance(storage, RDBStorage):
         with _file_lock(path):
@@ -337,7 +337,7 @@ def storage_lock(opened: OpenedStorage) -> Iterator[None]:
             conn.commit()
 
 
-def _local_file(url: str) -> Path | None:
+def local_file(url: str) -> Path | None:
     """The file behind a SQLite or journal URL (None for server databases and in-memory SQLite)."""
     if url.startswith("journal:"):
         return Path(url.removeprefix("journal:").removeprefix("//"))
@@ -563,6 +563,30 @@ def count_study(study: optuna.Study) -> StudyCounts:
             error = t.user_attrs.get("error")
             counts.failed_labels.append((f"{label}: {error}" if error else label)[:300])
     return counts
+
+
+def heartbeat_ages(study: optuna.Study) -> dict[int, float]:
+    """Seconds since each running trial's last heartbeat (trial number → age), by the storage's
+    clock for database storages (the database's time) and the wall clock for journal files."""
+    storage = study._storage
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if isinstance(storage, HeartbeatJournalStorage):
+        now = time.time()
+        return {t.number: now - _last_beat(t, now) for t in running}
+    if not isinstance(storage, RDBStorage) or not running:
+        return {}
+    from optuna.storages._rdb import models
+    from sqlalchemy import func, select
+
+    ids = {t._trial_id: t.number for t in running}
+    beats = models.TrialHeartbeatModel.__table__
+    with storage.engine.connect() as conn:
+        now = conn.execute(select(func.current_timestamp())).scalar_one()
+        rows = conn.execute(
+            select(beats.c.trial_id, beats.c.heartbeat).where(beats.c.trial_id.in_(list(ids)))
+        ).all()
+    now = now.replace(tzinfo=None)
+    return {ids[r.trial_id]: (now - r.heartbeat.replace(tzinfo=None)).total_seconds() for r in rows}
 
 
 def trial_label(trial: FrozenTrial) -> str:

@@ -35,6 +35,8 @@ SPEC = "spec"
 CONFIG_HASH = "config_hash"
 STALL_ENV = "BENCH_WORKER_STALL"
 """Seconds a worker sleeps after each validation inside a run (to test killing a worker mid-run)."""
+METRIC = "validation mIoU (honest)"
+"""What a sweep trial's value is: the selected model's validation score."""
 OPEN_STATES = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
 
 
@@ -244,8 +246,12 @@ def sweep_objective(env: RunEnv):
             raise BenchError(
                 f"trial {trial.number} is not a sweep grid point (no '{SPEC}' attribute)"
             )
+        import torch
+
         spec = spec_from_dict(data)
         trial.set_user_attr(CONFIG_HASH, prepare(spec, env).hash)
+        trial.set_user_attr("metric", METRIC)
+        trial.set_user_attr("threads", torch.get_num_threads())
         try:
             outcome = run_one(spec, env, on_eval=on_eval)
         except DuplicateResult:  # the same config succeeded meanwhile (a retried copy): keep that

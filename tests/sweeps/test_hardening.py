@@ -192,3 +192,123 @@ def test_an_error_while_writing_the_results_fails_the_run_with_one_line(
     assert env.store is not None
     [run] = env.store.runs()
     assert run.status == "failed" and "cannot write predictions" in (run.error or "")
+
+
+# --- Stop signals, SLURM submission ------------------------------------------------------------
+
+STOPPABLE = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from bench.sweeps.studies import load_study, open_storage
+    from bench.sweeps.workers import handle_stop_signals, work
+    handle_stop_signals()
+    opened = open_storage(sys.argv[1])
+    def objective(trial):
+        Path(sys.argv[2]).write_text("started")
+        time.sleep(120)
+        return 1.0
+    report = work(load_study(opened, "sig"), opened, objective, log=print)
+    sys.exit(report.exit_code)
+""")
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR2"])
+def test_a_stop_signal_interrupts_the_trial_retries_it_and_claims_nothing_more(
+    tmp_path: Path, signame: str
+) -> None:
+    from optuna.trial import TrialState
+
+    from bench.sweeps.studies import create_study, open_storage
+
+    url = storage_url(tmp_path, "sqlite")
+    study = create_study(open_storage(url), "sig")
+    for key in ("a", "b"):
+        study.enqueue_trial({}, user_attrs={"grid_key": key})
+    started = tmp_path / "started"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOPPABLE, url, str(started)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(getattr(signal, signame))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 4, out  # stopped by a signal
+    assert f"stopped by {signame}" in out
+    trials = study.get_trials(deepcopy=False)
+    assert [(t.user_attrs["grid_key"], t.state) for t in trials] == [
+        ("a", TrialState.FAIL),
+        ("b", TrialState.WAITING),  # not claimed after the signal
+        ("a", TrialState.WAITING),  # the interrupted point, retried
+    ]
+    assert trials[0].user_attrs["error"].startswith("interrupted:")
+    assert signame in trials[0].user_attrs["error"]
+
+
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sbatch: str) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text("#!/bin/sh\n" + sbatch)
+    for tool in ("srun", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+SLURM_SWEEP = ["sweep", "--datasets", "synthetic", "--profile", "smoke", "--methods", "scratch"]
+
+
+def test_an_sbatch_refusal_is_one_line_naming_the_option(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_slurm(
+        tmp_path,
+        monkeypatch,
+        'echo "sbatch: error: invalid partition specified: gpu" >&2\n'
+        'echo "sbatch: error: Batch job submission failed: Invalid partition name specified" >&2\n'
+        "exit 1\n",
+    )
+    storage = f"journal:///{tmp_path / 'j.log'}"
+    args = [*SLURM_SWEEP, "--storage", storage, "--launcher", "slurm", "--slurm-partition", "gpu"]
+    code, out, err = cli([*args, "--slurm-folder", tmp_path / "slurm"])
+    assert code == 2, out + err
+    assert "SQLite" in err and "--slurm-allow-sqlite" in err  # the results store is SQLite
+    code, out, err = cli([*args, "--slurm-folder", tmp_path / "slurm", "--slurm-allow-sqlite"])
+    assert code == 2, out + err
+    [line] = [ln for ln in err.splitlines() if ln.strip()]
+    assert "Batch job submission failed: Invalid partition name specified" in line
+    assert "change --slurm-partition" in line and "Traceback" not in err
+
+
+def test_slurm_tasks_get_no_password_and_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pickle
+
+    from bench.sweeps.slurm import SlurmSettings, submit_slurm
+    from bench.sweeps.workers import WorkerOptions
+
+    fake_slurm(tmp_path, monkeypatch, 'echo "Submitted batch job 77"\n')
+    secret = "postgresql+psycopg://bench:hunter2@db.example/bench"
+    opts = WorkerOptions(storage=secret, name="s", store=secret, data_root="/data")
+    folder = tmp_path / "slurm"
+    submit_slurm(SlurmSettings(folder, workers=2, cpus_per_task=1), opts)
+    written = [p for p in folder.rglob("*") if p.is_file() and p.name != "urls.json"]
+    assert written and not any(b"hunter2" in p.read_bytes() for p in written)
+    urls = folder / "urls.json"
+    assert urls.stat().st_mode & 0o777 == 0o600 and "hunter2" in urls.read_text()
+    task = pickle.loads(next(folder.glob("**/*_submitted.pkl")).read_bytes())
+    assert task.args[0].storage == "postgresql+psycopg://bench:***@db.example/bench"
+    assert task.args[2] == str(urls)
+
+
+def test_printed_commands_are_complete(cli, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli([*SLURM_SWEEP, "--storage", "journal://rel/j.log", "--workers", "0"])
+    assert code == 0, out + err
+    absolute = f"journal://{tmp_path / 'rel' / 'j.log'}"
+    assert f"python -m bench status --name sweep-smoke --storage {absolute}" in out
+    assert f"--storage {absolute}" in out.split("python -m bench worker", 1)[1]
