@@ -215,7 +215,11 @@ def scheduler_states(job_id: str) -> dict[int, TaskState]:
 
 
 def _task_index(task: str, job_id: str) -> int | None:
-    match = re.fullmatch(rf"{re.escape(job_id)}_(\d+)", task.strip())
+    """``JOB_N`` → N; a lone ``JOB`` (submitit submits an array of one as a plain job) → 0."""
+    task = task.strip()
+    if task == job_id:
+        return 0
+    match = re.fullmatch(rf"{re.escape(job_id)}_(\d+)", task)
     return int(match.group(1)) if match else None
 
 
@@ -234,6 +238,9 @@ def task_logs(folder: Path, job_id: str, index: int) -> tuple[Path, Path]:
     from submitit.core.utils import JobPaths
 
     paths = JobPaths(folder / "%j", job_id=f"{job_id}_{index}", task_id=0)
+    if index == 0 and not paths.stderr.exists():  # an array of one is a plain job
+        single = JobPaths(folder / "%j", job_id=job_id, task_id=0)
+        paths = single if single.stderr.exists() else paths
     return paths.stderr, paths.stdout
 
 
