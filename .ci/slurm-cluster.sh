@@ -6,11 +6,10 @@
 #
 # The daemons run in a network namespace of their own (loopback plus an internal veth pair, no
 # outside address); DIR/bin holds sbatch/squeue/sacct/scancel/srun/sinfo/scontrol wrappers that
-# run the real tools inside it. Needs root (ip netns). Any failure to start cleans up and exits
+# run the real tools inside it (nothing else on the machine sees the daemons). Needs root (ip netns). Any failure to start cleans up and exits
 # non-zero without output on stdout, so the caller can carry on (the tests then skip).
 set -u
 
-NS=bench-slurm
 ADDR_CTL=10.210.0.1
 ADDR_NODE=10.210.1.1
 
@@ -114,6 +113,7 @@ EOF
 
 [ $# = 2 ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
 DIR=$2
+NS="bench-slurm-$(basename "$DIR")"  # one namespace per cluster folder: clusters never collide
 case "$1" in
   start) start_cluster ;;
   stop) stop_cluster ;;
