@@ -39,7 +39,7 @@ from bench.models.encoders import build_encoder, load_strict
 from bench.models.scale import resolve_scale
 from bench.models.segmenter import PretrainedWeights, build_segmenter
 from bench.profiles import finetune_config, get_profile
-from bench.results.store import MetricRow, NewRun, ResultStore
+from bench.results.store import DuplicateResult, MetricRow, NewRun, ResultStore
 from bench.ssl.engine import encoder_for
 from bench.ssl.method import EncoderContext, Method
 from bench.ssl.registry import get_method
@@ -242,7 +242,7 @@ def run_one(
     started = time.time()
     results: dict[str, FinetuneResult] = {}
     seconds: dict[str, float] = {}
-    try:
+    try:  # every error from here on marks the run failed with its reason
         encoder = encoder_for(run.method, run.ctx)
         seconds["encoder"] = time.time() - started
         label = f"{run.method.name} {run.card.full_name} {spec.shots}-shot draw {spec.draw}"
@@ -253,31 +253,35 @@ def run_one(
             else:
                 results[mode] = _probe(run, env, encoder.weights, f"{label} probe")
             seconds[mode] = time.time() - began
+        rows = [row for mode, result in results.items() for row in metric_rows(result, mode)]
+        seconds["total"] = time.time() - started
+        summary: dict[str, Any] = {
+            **encoder.info,
+            "seconds": seconds,
+            "threads": torch.get_num_threads(),
+        }
+        tuned = results.get("finetune")
+        if tuned is not None:
+            summary |= {
+                "predictions": save_predictions(
+                    tuned.selected.predictions, env.cache_dir / "predictions" / run.hash
+                ),
+                "finetune_compiled": tuned.compiled,
+                **_training_record(tuned),
+            }
+        if "probe" in results:
+            summary["probe"] = _training_record(results["probe"])
+        first = results[run.config["modes"][0]]
+        summary["absent_classes"] = first.selected.test["honest"].summary.absent
+        env.store.finish_run(run_id, rows, summary, replace=env.force)
+    except DuplicateResult:
+        raise  # already marked failed as a duplicate
     except BenchError as exc:
         env.store.fail_run(run_id, str(exc))
         raise
     except BaseException as exc:
         env.store.fail_run(run_id, "".join(traceback.format_exception(exc)))
         raise
-    rows = [row for mode, result in results.items() for row in metric_rows(result, mode)]
-    summary: dict[str, Any] = {
-        **encoder.info,
-        "seconds": {"total": time.time() - started, **seconds},
-    }
-    tuned = results.get("finetune")
-    if tuned is not None:
-        summary |= {
-            "predictions": save_predictions(
-                tuned.selected.predictions, env.cache_dir / "predictions" / run.hash
-            ),
-            "finetune_compiled": tuned.compiled,
-            **_training_record(tuned),
-        }
-    if "probe" in results:
-        summary["probe"] = _training_record(results["probe"])
-    first = results[run.config["modes"][0]]
-    summary["absent_classes"] = first.selected.test["honest"].summary.absent
-    env.store.finish_run(run_id, rows, summary, replace=env.force)
     return RunOutcome(
         spec,
         "succeeded",
@@ -353,12 +357,17 @@ def _training_record(result: FinetuneResult) -> dict[str, Any]:
 
 def save_predictions(predictions: dict[str, np.ndarray], folder: Path) -> dict[str, str]:
     """Write class-id PNGs of the selected model's test predictions; returns stem → path."""
-    folder.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for stem, pred in predictions.items():
-        path = folder / f"{stem}.png"
-        Image.fromarray(pred).save(path)
-        paths[stem] = str(path.resolve())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stem, pred in predictions.items():
+            path = folder / f"{stem}.png"
+            Image.fromarray(pred).save(path)
+            paths[stem] = str(path.resolve())
+    except OSError as exc:
+        raise BenchError(
+            f"cannot write predictions to folder {folder}: {exc.strerror or exc}"
+        ) from exc
     return paths
 
 
@@ -472,9 +481,12 @@ def make_env(
         compile != "off"
     ):  # compiled kernels persist beside the pretrainings, for later runs and workers
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache / "inductor").resolve()))
+    store = ResultStore(store_url) if with_store else None
+    if store is not None:
+        store.fail_gone_runs()  # runs of this host left 'running' by a killed process
     return RunEnv(
         data_root=resolve_data_root(data_root),
-        store=ResultStore(store_url) if with_store else None,
+        store=store,
         device=resolve_device(device),
         cache_dir=cache,
         force=force,

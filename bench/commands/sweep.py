@@ -14,7 +14,6 @@ submits N workers as a SLURM job array (submitit). ``bench status --name NAME`` 
 from __future__ import annotations
 
 import argparse
-import shlex
 import time
 from pathlib import Path
 
@@ -73,7 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="MIN",
         help="time limit per worker in minutes (default: 1440)",
     )
-    slurm.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per worker (default: 1)")
+    slurm.add_argument(
+        "--slurm-gpus",
+        type=int,
+        help="GPUs per array task, one worker on each (default: 1 with --device cuda, else 0)",
+    )
     slurm.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per worker (default: 8)")
     slurm.add_argument("--slurm-mem-gb", type=float, help="memory per worker in GB")
     slurm.add_argument("--slurm-partition", help="partition")
@@ -85,6 +88,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="LINE",
         help="shell line run before each worker, e.g. 'module load cuda' (repeatable)",
+    )
+    slurm.add_argument(
+        "--slurm-allow-sqlite",
+        action="store_true",
+        help="let SLURM workers use a SQLite study storage or store (only safe when every "
+        "task runs on this machine's filesystem; refused otherwise)",
+    )
+    slurm.add_argument(
+        "--detach",
+        action="store_true",
+        help="return once the array is submitted (default: follow its tasks until they end)",
     )
     slurm.add_argument(
         "--slurm-folder",
@@ -118,7 +132,7 @@ def main(args: argparse.Namespace) -> int:
     )
     from bench.sweeps.tune import resolve_params
 
-    store_url = args.store or default_store_url()
+    store_url = absolute_url(args.store or default_store_url())
     methods, datasets = expand_methods(args.methods), split_list(args.datasets)
     if not datasets:
         raise BenchError("--datasets names no dataset")
@@ -147,14 +161,16 @@ def main(args: argparse.Namespace) -> int:
         raise BenchError("the grid is empty: every shots level is larger than its dataset's pool")
 
     name = args.name or f"sweep-{args.profile}"
-    storage_url = args.storage or default_storage_url(store_url)
+    storage_url = absolute_url(args.storage or default_storage_url(store_url))
+    if args.launcher == "slurm":
+        _refuse_sqlite(args, storage_url, store_url)
     opened = open_storage(storage_url, args.heartbeat, args.grace)
     opened.callback.hooks.append(interrupted_runs_hook(ResultStore(store_url)))
-    study = create_study(opened, name)
+    study = create_study(opened, name, args.heartbeat, args.grace, warn=plain_warning)
     study.set_user_attr("kind", "sweep")
     study.set_user_attr("store", mask_password(store_url))
     fail_stale(study)
-    report = enqueue(study, specs)
+    report = enqueue(study, specs, opened)
     console.print(
         f"sweep '{name}' ({opened.shown}): {len(specs)} grid points — {report.added} enqueued"
         + (f" ({report.retried} failed before, retried)" if report.retried else "")
@@ -162,8 +178,14 @@ def main(args: argparse.Namespace) -> int:
         highlight=False,
     )
 
-    opts = worker_options(args, storage=storage_url, name=name, store=store_url)
-    join = shlex.join(["python", "-m", "bench", "worker", *opts.argv(masked=True)])
+    opts = worker_options(
+        args,
+        storage=storage_url,
+        name=name,
+        store=store_url,
+        data_root=_absolute(args.data_root),
+        cache_dir=_absolute(args.cache_dir),
+    )
 
     from optuna.trial import TrialState
 
@@ -171,12 +193,12 @@ def main(args: argparse.Namespace) -> int:
         console.print(status_renderable(name, count_study(study), opened.shown))
         return 0 if report.done == len(specs) else 1
     if args.launcher == "slurm":
-        return _slurm(args, opts, results_dir(store_url))
+        return _slurm(args, study, opts, results_dir(store_url))
     if args.workers == 0:
         console.print(
-            f"no local workers (--workers 0). Start workers on any machine with:\n  {join}\n"
-            f"and follow progress with: python -m bench status --name {name}"
-            + ("" if args.storage else f" --storage {shlex.quote(mask_password(storage_url))}"),
+            f"no local workers (--workers 0). Start workers on any machine with:\n"
+            f"  {opts.shown_command()}\nand follow progress with:\n  {_status_command(opts)}"
+            + _secret_note(opts),
             highlight=False,
             soft_wrap=True,
         )
@@ -187,8 +209,9 @@ def main(args: argparse.Namespace) -> int:
     gpus = visible_gpus() if args.device in ("auto", "cuda") else []
     plan = plan_local_workers(args.workers, args.workers_per_gpu, args.device, gpus)
     if len(plan) == 1 and not plan[0].env:
-        from bench.sweeps.workers import run_worker
+        from bench.sweeps.workers import handle_stop_signals, run_worker
 
+        handle_stop_signals()
         run_worker(
             study, opened, opts, log=plain_line, warn=plain_warning, add_hook=False
         )  # the hook is in place
@@ -256,23 +279,69 @@ def _stop(procs) -> None:
             proc.kill()
 
 
-def _slurm(args: argparse.Namespace, opts, results: Path) -> int:
-    from bench.core.console import console, err_console
+def absolute_url(url: str) -> str:
+    """A SQLite or journal URL with its file made absolute (so workers anywhere find it)."""
+    from bench.sweeps.studies import local_file
+
+    path = local_file(url)
+    if path is None or path.is_absolute():
+        return url
+    if url.startswith("journal:"):
+        return f"journal://{path.resolve()}"
+    return f"sqlite:///{path.resolve()}"
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
+
+
+def _status_command(opts) -> str:
+    from bench.sweeps.workers import shown_command
+
+    return shown_command(["status", "--name", opts.name], opts.storage)
+
+
+def _secret_note(opts) -> str:
+    from bench.core.urls import mask_password
+
+    secret = [
+        var
+        for var, url in (("BENCH_OPTUNA_STORAGE", opts.storage), ("BENCH_STORE", opts.store))
+        if mask_password(url) != url
+    ]
+    if not secret:
+        return ""
+    return f"\n(set {' and '.join(secret)} to the URLs with their password; they are not printed)"
+
+
+def _refuse_sqlite(args: argparse.Namespace, storage: str, store: str) -> None:
+    """SLURM workers on other nodes cannot share a SQLite file safely: refuse unless forced."""
+    if args.slurm_allow_sqlite:
+        return
+    for what, flag, url in (
+        ("study storage", "--storage", storage),
+        ("results store", "--store", store),
+    ):
+        if url.startswith("sqlite"):
+            raise BenchError(
+                f"the {what} is SQLite ({url}): SLURM workers on other nodes cannot share it "
+                "(SQLite's locking is unreliable on network filesystems). Pass a shared "
+                f"{flag} (postgresql+psycopg://...; for the study also journal:///shared/f.log), "
+                "or --slurm-allow-sqlite when every task runs on this machine"
+            )
+
+
+def _slurm(args: argparse.Namespace, study, opts, results: Path) -> int:
+    from bench.core.console import console
     from bench.sweeps.slurm import SlurmSettings, submit_slurm
 
-    for what, url in (("study storage", opts.storage), ("results store", opts.store)):
-        if url.startswith("sqlite"):
-            err_console.print(
-                f"[yellow]warning:[/] the {what} is SQLite ({url}): workers on other nodes "
-                "need a shared one: PostgreSQL (postgresql+psycopg://...) or, for the "
-                "study, journal:///shared/path.log",
-                highlight=False,
-            )
+    folder = Path(args.slurm_folder) if args.slurm_folder else results / "slurm" / opts.name
+    gpus = args.slurm_gpus if args.slurm_gpus is not None else int(args.device == "cuda")
     settings = SlurmSettings(
-        folder=Path(args.slurm_folder) if args.slurm_folder else results / "slurm" / opts.name,
+        folder=folder.resolve(),
         workers=args.workers if args.workers is not None else 1,
         time_min=args.slurm_time,
-        gpus_per_task=args.slurm_gpus,
+        gpus_per_task=gpus,
         cpus_per_task=args.slurm_cpus,
         mem_gb=args.slurm_mem_gb,
         partition=args.slurm_partition,
@@ -282,9 +351,54 @@ def _slurm(args: argparse.Namespace, opts, results: Path) -> int:
         job_name=f"bench-{opts.name}",
     )
     jobs = submit_slurm(settings, opts)
-    console.print(
-        f"submitted {len(jobs)} SLURM workers: job {jobs[0].job_id.split('_')[0]} "
-        f"(logs in {settings.folder}); follow with: python -m bench status --name {opts.name}",
-        highlight=False,
+    job_id = jobs[0].job_id.split("_")[0]
+    study.set_user_attr(
+        "slurm", {"job": job_id, "folder": str(settings.folder), "tasks": len(jobs)}
     )
+    console.print(
+        f"submitted {len(jobs)} SLURM workers: job {job_id} (logs in {settings.folder})\n"
+        f"follow with: {_status_command(opts)}" + _secret_note(opts),
+        highlight=False,
+        soft_wrap=True,
+    )
+    if args.detach:
+        return 0
+    return follow(study, job_id, settings.folder, len(jobs))
+
+
+def follow(study, job_id: str, folder: Path, tasks: int, poll: float = 5.0) -> int:
+    """Report each array task's state as it changes until every task has ended; 0 when every
+    grid point is done, else 1 (failed tasks named with the first error line of their log)."""
+    from bench.core.console import console, err_console
+    from bench.sweeps.slurm import TaskState, describe_task, scheduler_states
+    from bench.sweeps.studies import count_study, status_renderable
+
+    shown: dict[int, str] = {}
+    unseen_since = time.time()
+    while True:
+        states = scheduler_states(job_id)
+        for index in range(tasks):
+            task = states.get(index, TaskState(index, "UNKNOWN"))
+            line = describe_task(folder, job_id, task)
+            if shown.get(index) != line:
+                shown[index] = line
+                (err_console if "FAILED" in line or "will not" in line else console).print(
+                    line, highlight=False, markup=False, soft_wrap=True
+                )
+        if states:
+            unseen_since = time.time()
+        ended = len(states) == tasks and all(t.ended for t in states.values())
+        lost = not states and time.time() - unseen_since > 60  # the scheduler forgot the job
+        if ended or lost:
+            break
+        time.sleep(poll)
+    counts = count_study(study)
+    console.print(status_renderable(study.study_name, counts, ""))
+    if counts.done < counts.total:
+        err_console.print(
+            f"all workers ended with {counts.total - counts.done} grid points not done; "
+            "re-run the same command to retry them",
+            highlight=False,
+        )
+        return 1
     return 0

@@ -5,6 +5,10 @@ each with ``run_one`` against this machine's data root, cache and device, and st
 ``--store``; several workers (on one machine or many) share the work and never run the same trial
 twice. A worker also waits for trials running elsewhere: if one's worker dies, its heartbeat stops
 and the trial is failed and retried here.
+
+On SIGTERM (scancel, preemption) or SIGUSR2 (SLURM's time-limit warning) the worker stops
+claiming, fails its running trial as interrupted and enqueues its retry, then exits. Exit codes:
+0 nothing left to do, 3 gave up after 3 trials in a row failed, 4 stopped by a signal.
 """
 
 from __future__ import annotations
@@ -29,16 +33,16 @@ def add_study_options(
         parser.add_argument(
             "--heartbeat",
             type=int,
-            default=60,
             metavar="S",
-            help="seconds between a running trial's heartbeats (default: 60)",
+            help="seconds between a running trial's heartbeats (default: 60); set when the "
+            "study is created, after which every worker uses the study's",
         )
         parser.add_argument(
             "--grace",
             type=int,
             metavar="S",
             help="a running trial without heartbeat for this long is failed and retried "
-            "(default: 2 × heartbeat)",
+            "(default: 2 × heartbeat); set when the study is created, like --heartbeat",
         )
 
 
@@ -62,8 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from bench.sweeps.workers import worker_main
 
-    worker_main(worker_options(args), log=plain_line, warn=plain_warning)
-    return 0
+    report = worker_main(worker_options(args), log=plain_line, warn=plain_warning)
+    return report.exit_code
 
 
 def worker_options(args: argparse.Namespace, **changes: object):

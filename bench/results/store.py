@@ -18,6 +18,7 @@ import json
 import math
 import os
 import socket
+import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -102,6 +103,7 @@ runs_table = Table(
     Column("device", String(255), nullable=False),
     Column("git_commit", String(64)),
     Column("host", String(255), nullable=False),
+    Column("pid", Integer),  # the process running it: a 'running' row whose process is gone
     Column("pool", String(32), nullable=False),
     Column("summary", JSON(none_as_null=True)),
     Column("success_key", String(64), unique=True),  # = config_hash while succeeded, else NULL
@@ -153,6 +155,7 @@ class NewRun:
     versions: dict[str, str | None] = field(default_factory=lambda: collect_versions())
     git_commit: str | None = field(default_factory=lambda: git_commit())
     host: str = field(default_factory=socket.gethostname)
+    pid: int | None = field(default_factory=os.getpid)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,8 +214,11 @@ class ResultStore:
     def start_run(self, record: NewRun) -> int:
         """Insert ``record`` as a 'running' run; return its id."""
         values = {**asdict(record), "status": "running", "started_at": _now()}
-        with self.engine.begin() as conn:
-            key = conn.execute(insert(runs_table).values(values)).inserted_primary_key
+        try:
+            with self.engine.begin() as conn:
+                key = conn.execute(insert(runs_table).values(values)).inserted_primary_key
+        except SQLAlchemyError as exc:
+            raise BenchError(_unwritable(self.url, exc)) from exc
         assert key is not None
         return int(key[0])
 
@@ -313,6 +319,22 @@ class ResultStore:
         with self.engine.begin() as conn:
             return conn.execute(stmt).rowcount
 
+    def fail_gone_runs(self, host: str | None = None) -> int:
+        """Mark failed the 'running' runs of this host (or ``host``) whose process is gone (killed,
+        the machine rebooted); returns how many. Runs of other hosts are left alone."""
+        host = host or socket.gethostname()
+        stmt = select(runs_table.c.id, runs_table.c.pid, runs_table.c.started_at).where(
+            runs_table.c.status == "running",
+            runs_table.c.host == host,
+            runs_table.c.pid.is_not(None),
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        gone = [r for r in rows if not _process_alive(int(r.pid), r.started_at)]
+        for r in gone:
+            self.fail_run(r.id, f"interrupted: its process {r.pid} on {host} is gone")
+        return len(gone)
+
     def _open_run_hash(self, run_id: int) -> str:
         columns = runs_table.c.config_hash, runs_table.c.status
         stmt = select(*columns).where(runs_table.c.id == run_id)
@@ -329,22 +351,89 @@ class ResultStore:
             return _succeeded_id(conn, config_hash)
 
 
+def _process_alive(pid: int, since: datetime) -> bool:
+    """Whether process ``pid`` of this machine exists and started before ``since`` (a newer
+    process with a reused pid is not the one that started the run)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, another user's
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True  # no /proc: trust the pid
+    started = boot + ticks / os.sysconf("SC_CLK_TCK")
+    return started <= since.timestamp() + 2.0
+
+
+def creation_race(exc: Exception) -> bool:
+    """Whether ``exc`` says another process created the same table (or type) just before us."""
+    return isinstance(exc, IntegrityError) or "already exists" in str(exc)
+
+
+def _unwritable(url: str, exc: Exception, verb: str = "write") -> str:
+    """One line for a store that cannot be written, naming the folder of a SQLite file."""
+    reason = getattr(exc, "orig", None) or exc
+    try:
+        parsed = make_url(url)
+    except SQLAlchemyError:
+        return f"cannot {verb} results store {mask_password(url)}: {reason}"
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        folder = Path(parsed.database).resolve().parent
+        if not os.access(folder, os.W_OK) or not os.access(parsed.database, os.W_OK):
+            return (
+                f"cannot {verb} results store {mask_password(url)}: folder {folder} (or the "
+                f"file) is not writable ({reason}); pass a writable --store"
+            )
+    return f"cannot {verb} results store {mask_password(url)}: {reason}"
+
+
 def _connect(url: str) -> Engine:
     """An engine for ``url`` with the tables created; BenchError (password masked) on failure."""
     shown = mask_password(url)
     try:
         engine = _create_engine(url)
-        metadata_obj.create_all(engine)
+        _create_tables(engine)
         _check_schema(engine, shown)
     except ImportError as exc:
         raise BenchError(
             f"cannot open results store {shown}: database driver missing ({exc}); for PostgreSQL "
             "with psycopg 3 use a postgresql+psycopg:// URL"
         ) from exc
-    except (SQLAlchemyError, OSError) as exc:
-        reason = getattr(exc, "orig", None) or exc
-        raise BenchError(f"cannot open results store {shown}: {reason}") from exc
+    except SQLAlchemyError as exc:
+        raise BenchError(_unwritable(url, exc, "open")) from exc
+    except OSError as exc:
+        where = f": folder {exc.filename} is not writable" if exc.filename else ""
+        raise BenchError(f"cannot open results store {shown}{where} ({exc.strerror})") from exc
     return engine
+
+
+def _create_tables(engine: Engine, tries: int = 5) -> None:
+    """Create missing tables (another process creating them at the same moment is retried) and
+    add the ``pid`` column to a store that predates it (it identifies no result)."""
+    for attempt in range(tries):
+        try:
+            metadata_obj.create_all(engine)
+            break
+        except SQLAlchemyError as exc:
+            if attempt == tries - 1 or not creation_race(exc):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    have = {c["name"] for c in inspect(engine).get_columns("runs")}
+    if "pid" not in have:
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("ALTER TABLE runs ADD COLUMN pid INTEGER")
+        except SQLAlchemyError:  # added by another process meanwhile
+            if "pid" not in {c["name"] for c in inspect(engine).get_columns("runs")}:
+                raise
 
 
 def _check_schema(engine: Engine, shown: str) -> None:

@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from bench.core.errors import BenchError
-from bench.sweeps.studies import GRID_KEY, LABEL, StaleHook
+from bench.sweeps.studies import GRID_KEY, LABEL, OpenedStorage, StaleHook, storage_lock
 
 if TYPE_CHECKING:
     from bench.results.store import ResultStore
@@ -35,6 +35,8 @@ SPEC = "spec"
 CONFIG_HASH = "config_hash"
 STALL_ENV = "BENCH_WORKER_STALL"
 """Seconds a worker sleeps after each validation inside a run (to test killing a worker mid-run)."""
+METRIC = "validation mIoU (honest)"
+"""What a sweep trial's value is: the selected model's validation score."""
 OPEN_STATES = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
 
 
@@ -184,8 +186,14 @@ class EnqueueReport:
     retried: int = 0
 
 
-def enqueue(study: optuna.Study, specs: list[RunSpec]) -> EnqueueReport:
-    """Enqueue the grid points that have no waiting, running or complete trial yet."""
+def enqueue(study: optuna.Study, specs: list[RunSpec], opened: OpenedStorage) -> EnqueueReport:
+    """Enqueue the grid points that have no waiting, running or complete trial yet, holding the
+    storage's enqueue lock: two sweeps enqueueing the same grid at once add each point once."""
+    with storage_lock(opened):
+        return _enqueue(study, specs)
+
+
+def _enqueue(study: optuna.Study, specs: list[RunSpec]) -> EnqueueReport:
     states: dict[str, set[TrialState]] = defaultdict(set)
     for trial in study.get_trials(deepcopy=False):
         key = trial.user_attrs.get(GRID_KEY)
@@ -238,8 +246,12 @@ def sweep_objective(env: RunEnv):
             raise BenchError(
                 f"trial {trial.number} is not a sweep grid point (no '{SPEC}' attribute)"
             )
+        import torch
+
         spec = spec_from_dict(data)
         trial.set_user_attr(CONFIG_HASH, prepare(spec, env).hash)
+        trial.set_user_attr("metric", METRIC)
+        trial.set_user_attr("threads", torch.get_num_threads())
         try:
             outcome = run_one(spec, env, on_eval=on_eval)
         except DuplicateResult:  # the same config succeeded meanwhile (a retried copy): keep that

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import socket
 import subprocess
@@ -34,14 +35,45 @@ from bench.core.paths import PROJECT_ROOT
 from bench.core.urls import mask_password
 from bench.sweeps.studies import (
     HEARTBEAT_S,
+    STORAGE_ENV,
     OpenedStorage,
     fail_stale,
+    heartbeat_interval,
     is_heartbeat_enabled,
     load_study,
     open_storage,
 )
 
 Objective = Callable[[optuna.Trial], float]
+
+STOP_SIGNALS = ("SIGTERM", "SIGUSR2")
+"""SIGTERM: scancel, preemption, a job's end; SIGUSR2: SLURM's time-limit warning (submitit's)."""
+EXIT_DONE, EXIT_GAVE_UP, EXIT_STOPPED = 0, 3, 4
+"""Worker exit codes: nothing left to do; stopped after failures in a row; stopped by a signal."""
+
+
+class StopRequested(BaseException):
+    """Raised in the worker's main thread by a stop signal (not an error of the trial)."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def handle_stop_signals() -> None:
+    """On SIGTERM/SIGUSR2 raise ``StopRequested`` (replacing submitit's own handlers, which would
+    fail the running trial as its own error or keep claiming during the kill grace)."""
+    import signal
+
+    received: list[str] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        if not received:  # the first one stops the worker; a repeat must not break the cleanup
+            received.append(signal.Signals(signum).name)
+            raise StopRequested(received[0])
+
+    for name in STOP_SIGNALS:
+        signal.signal(getattr(signal, name), handler)
 
 
 def worker_id() -> str:
@@ -103,6 +135,14 @@ class WorkerReport:
     failed: int = 0
     pruned: int = 0
     trials: list[int] = field(default_factory=list)
+    gave_up: bool = False
+    stopped_by: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.stopped_by:
+            return EXIT_STOPPED
+        return EXIT_GAVE_UP if self.gave_up else EXIT_DONE
 
 
 def work(
@@ -120,15 +160,40 @@ def work(
 
     Each trial's outcome is told to the study: its value (COMPLETE), PRUNED on TrialPruned, FAIL
     with the error in user attribute ``error`` on any other exception. KeyboardInterrupt fails
-    the trial and propagates. After ``max_failures_in_a_row`` failures the worker stops (it is
-    probably misconfigured, e.g. a wrong data root) rather than failing every waiting trial.
+    the trial and propagates. ``StopRequested`` (a stop signal, see ``handle_stop_signals``)
+    fails the running trial as interrupted, enqueues its retry and ends the loop. After
+    ``max_failures_in_a_row`` failures the worker gives up (it is probably misconfigured, e.g. a
+    wrong data root) rather than failing every waiting trial.
     """
     report = WorkerReport()
+    try:
+        _work_loop(
+            study, opened, objective, report, wait, poll, max_trials, max_failures_in_a_row, log
+        )
+    except StopRequested as stop:  # between trials: nothing claimed
+        report.stopped_by = stop.signal_name
+    if report.stopped_by:
+        log(f"[{worker_id()}] stopped by {report.stopped_by}; claims no further trial")
+    return report
+
+
+def _work_loop(
+    study: optuna.Study,
+    opened: OpenedStorage,
+    objective: Objective,
+    report: WorkerReport,
+    wait: bool,
+    poll: float,
+    max_trials: int | None,
+    max_failures_in_a_row: int,
+    log: Callable[[str], None],
+) -> None:
     me = worker_id()
     in_a_row = 0
     while max_trials is None or len(report.trials) < max_trials:
         if max_failures_in_a_row and in_a_row >= max_failures_in_a_row:
-            log(f"[{me}] stopping: {in_a_row} trials in a row failed (see their errors above)")
+            log(f"[{me}] giving up: {in_a_row} trials in a row failed (see their errors above)")
+            report.gave_up = True
             break
         fail_stale(study)
         trial = claim(study, opened)
@@ -157,6 +222,10 @@ def work(
             except KeyboardInterrupt:
                 _tell(study, trial, TrialState.FAIL, None, "interrupted")
                 raise
+            except StopRequested as stop:
+                _interrupted(study, opened, trial, stop.signal_name, me)
+                report.stopped_by = stop.signal_name
+                return
             except Exception as exc:  # recorded on the trial; the worker goes on
                 _tell(study, trial, TrialState.FAIL, None, f"{type(exc).__name__}: {exc}")
                 report.failed += 1
@@ -174,10 +243,28 @@ def work(
         else:
             report.completed += 1
             log(
-                f"[{me}] trial {trial.number} done: value {value:.4f} "
+                f"[{me}] trial {trial.number} done: {_shown_value(trial, value)} "
                 f"({time.time() - started:.0f} s)"
             )
-    return report
+
+
+def _shown_value(trial: optuna.Trial, value: float | None) -> str:
+    """The trial's value named and in % when the objective named its metric (sweeps do)."""
+    metric = trial.user_attrs.get("metric")
+    if metric is None or value is None or not math.isfinite(value):
+        return f"value {value}" if value is None else f"value {value:.4f}"
+    return f"{metric} {100 * value:.1f} %"
+
+
+def _interrupted(
+    study: optuna.Study, opened: OpenedStorage, trial: optuna.Trial, why: str, me: str
+) -> None:
+    """A trial stopped by a signal: failed as interrupted (not for its own reasons) and
+    re-enqueued at once, so another worker (or this task requeued) runs it again."""
+    _tell(study, trial, TrialState.FAIL, None, f"interrupted: worker {me} got {why}; retried")
+    frozen = study._storage.get_trial(trial._trial_id)
+    if frozen.state == TrialState.FAIL:
+        opened.callback(study, frozen)
 
 
 def _tell(
@@ -229,8 +316,29 @@ def plan_local_workers(
     count = 1 if workers is None else workers
     env = {}
     if count > 1 and "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, (cpus or os.cpu_count() or 1) // count))
+        env["OMP_NUM_THREADS"] = str(max(1, (cpus or allotted_cpus()) // count))
     return [LocalWorker(dict(env), device) for _ in range(count)]
+
+
+def allotted_cpus() -> int:
+    """The CPUs this process may use: SLURM's ``SLURM_CPUS_PER_TASK``, else its CPU affinity."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def use_allotted_threads() -> int:
+    """Set torch's thread count to ``$OMP_NUM_THREADS``, else the allotted CPUs; returns it."""
+    import torch
+
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    threads = int(given) if given.isdigit() and int(given) > 0 else allotted_cpus()
+    torch.set_num_threads(threads)
+    return threads
 
 
 def visible_gpus() -> list[str]:
@@ -256,29 +364,25 @@ class WorkerOptions:
     cache_dir: str | None = None
     device: str = "auto"
     compile: str = "off"
-    heartbeat: int = HEARTBEAT_S
+    heartbeat: int | None = None
     grace: int | None = None
     wait: bool = True
     max_trials: int | None = None
 
-    def argv(self, masked: bool = False) -> list[str]:
-        """``bench worker`` arguments for these options (passwords hidden with ``masked``)."""
-        shown = mask_password if masked else (lambda url: url)
-        args = [
-            "--storage",
-            shown(self.storage),
+    def argv(self, urls: bool = True) -> list[str]:
+        """``bench worker`` arguments for these options; without ``urls``, no --storage/--store
+        (they travel in ``url_env()``, out of process titles)."""
+        args = ["--storage", self.storage, "--store", self.store] if urls else []
+        args += [
             "--name",
             self.name,
-            "--store",
-            shown(self.store),
             "--device",
             self.device,
             "--compile",
             self.compile,
-            "--heartbeat",
-            str(self.heartbeat),
         ]
         for flag, value in (
+            ("--heartbeat", self.heartbeat),
             ("--grace", self.grace),
             ("--data-root", self.data_root),
             ("--cache-dir", self.cache_dir),
@@ -288,9 +392,32 @@ class WorkerOptions:
                 args += [flag, str(value)]
         return args + ([] if self.wait else ["--no-wait"])
 
+    def url_env(self) -> dict[str, str]:
+        """The storage and store URLs as the environment variables ``bench worker`` reads."""
+        return {STORAGE_ENV: self.storage, "BENCH_STORE": self.store}
+
+    def shown_command(self) -> str:
+        """A complete, copy-pasteable ``bench worker`` command; a URL holding a password is given
+        as its environment variable (``$BENCH_OPTUNA_STORAGE``/``$BENCH_STORE``), never printed."""
+        return shown_command(["worker", *self.argv(urls=False)], self.storage, self.store)
+
+
+def shown_command(args: list[str], storage: str, store: str | None = None) -> str:
+    """``python -m bench ARGS --storage URL [--store URL]`` as a shell line without passwords."""
+    import shlex
+
+    line = shlex.join(["python", "-m", "bench", *args])
+    for flag, url, var in (("--storage", storage, STORAGE_ENV), ("--store", store, "BENCH_STORE")):
+        if url is None:
+            continue
+        secret = mask_password(url) != url
+        line += f' {flag} "${var}"' if secret else f" {flag} {shlex.quote(url)}"
+    return line
+
 
 def worker_command(opts: WorkerOptions) -> list[str]:
-    return [sys.executable, "-m", "bench", "worker", *opts.argv()]
+    """The local worker's command line: no URL in it (they are in ``opts.url_env()``)."""
+    return [sys.executable, "-m", "bench", "worker", *opts.argv(urls=False)]
 
 
 def start_local_workers(
@@ -300,7 +427,7 @@ def start_local_workers(
     log_dir.mkdir(parents=True, exist_ok=True)
     started = []
     for i, w in enumerate(plan):
-        env = {**os.environ, **w.env, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+        env = {**os.environ, **w.env, **opts.url_env(), "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p
         )
@@ -337,7 +464,9 @@ def run_worker(
     if add_hook:
         assert env.store is not None
         opened.callback.hooks.append(interrupted_runs_hook(env.store))
-    poll = min(5.0, float(opts.heartbeat))
+    threads = use_allotted_threads()
+    log(f"[{worker_id()}] {threads} CPU threads, device {env.device}")
+    poll = min(5.0, float(heartbeat_interval(opened.storage) or HEARTBEAT_S))
     return work(
         study,
         opened,
@@ -353,11 +482,19 @@ def worker_main(
     opts: WorkerOptions, log: Callable[[str], None] = print, warn: Callable[[str], None] = print
 ) -> WorkerReport:
     """Open the study and work on it until nothing is left (``bench worker``, SLURM tasks)."""
+    handle_stop_signals()
     opened = open_storage(opts.storage, opts.heartbeat, opts.grace, must_exist=True)
-    study = load_study(opened, opts.name)
+    study = load_study(opened, opts.name, opts.heartbeat, opts.grace, warn)
     report = run_worker(study, opened, opts, log, warn)
+    how = (
+        f"stopped by {report.stopped_by}"
+        if report.stopped_by
+        else "gave up"
+        if report.gave_up
+        else "done"
+    )
     log(
-        f"worker done: {report.completed} trials completed, {report.failed} failed "
-        f"(study '{opts.name}' in {opened.shown})"
+        f"worker {how}: {report.completed} trials completed, {report.failed} failed "
+        f"(study '{opts.name}' in {opened.shown}; exit code {report.exit_code})"
     )
     return report

@@ -108,7 +108,8 @@ def test_default_storage_sits_beside_the_results_store(monkeypatch: pytest.Monke
     assert (
         default_tune_store("sqlite:////data/run/bench.sqlite") == "sqlite:////data/run/tune.sqlite"
     )
-    assert default_tune_store(pg) == "sqlite:///results/tune.sqlite"
+    monkeypatch.setenv("BENCH_RESULTS", "/srv/results")  # a server store: the results folder
+    assert default_tune_store(pg) == "sqlite:////srv/results/tune.sqlite"
     assert tuned_dir("sqlite:////data/run/bench.sqlite") == Path("/data/run/tuned")
     monkeypatch.setenv("BENCH_OPTUNA_STORAGE", "journal:///shared/sweeps.log")
     assert default_storage_url(pg) == "journal:///shared/sweeps.log"
@@ -211,6 +212,7 @@ def test_worker_stops_after_failures_in_a_row(tmp_path: Path) -> None:
     lines: list[str] = []
     report = work(study, opened, objective, log=lines.append)
     assert report.failed == 3 and "3 trials in a row failed" in lines[-1]
+    assert report.gave_up and report.exit_code == 3  # SLURM then reports the task FAILED
     trials = study.get_trials(deepcopy=False)
     assert [t.state.name for t in trials] == ["FAIL"] * 3 + ["WAITING"] * 2
     assert trials[0].user_attrs["error"] == "FileNotFoundError: no data root here"
@@ -505,11 +507,16 @@ def test_slurm_launcher_submits_a_worker_array(
             "module load cuda",
             "--slurm-folder",
             folder,
+            "--slurm-gpus",
+            "1",
+            "--slurm-allow-sqlite",
+            "--detach",
         )
     )
     assert code == 0, out + err
     assert "submitted 3 SLURM workers: job 4242" in out
-    assert "SQLite" in err  # warned: nodes need a shared storage
+    follow = f"python -m bench status --name slurm-sweep --storage {enqueue_storage}"
+    assert f"follow with: {follow}" in out
     [script] = folder.glob("**/*_submission.sh")
     text = script.read_text()
     assert (tmp_path / "sbatch-args").read_text().strip().endswith(".sh")
@@ -523,6 +530,7 @@ def test_slurm_launcher_submits_a_worker_array(
         "#SBATCH --job-name=bench-slurm-sweep",
         "#SBATCH --nodes=1",
         "module load cuda",
+        'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"',
     ):
         assert line in text.splitlines(), (line, text)
     assert "srun" in text and "-m submitit.core._submit" in text
