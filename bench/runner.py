@@ -24,6 +24,7 @@ from PIL import Image
 from bench.core.devices import device_name, resolve_device
 from bench.core.errors import BenchError
 from bench.core.paths import default_cache_dir
+from bench.core.precision import Precision, resolve_precision
 from bench.core.provenance import collect_versions, config_hash, git_commit
 from bench.data.cards import DatasetCard, load_card
 from bench.data.images import LabeledImage
@@ -69,6 +70,8 @@ class RunEnv:
     cache_dir: Path
     force: bool = False
     compile: str = "off"
+    precision: Precision | None = None
+    """The resolved ``--precision`` (``make_env``); None: fp32."""
     _datasets: dict[tuple[str, str], LoadedSplit] = field(default_factory=dict)
 
     def split_data(self, card: DatasetCard, split: str) -> LoadedSplit:
@@ -81,6 +84,10 @@ class RunEnv:
                 load_labeled(card, self.data_root, part.test),
             )
         return self._datasets[key]
+
+    def __post_init__(self) -> None:
+        if self.precision is None:
+            self.precision = resolve_precision("fp32", self.device)
 
 
 @dataclass
@@ -146,6 +153,7 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
         split=split,
         scale=scale,
         arch=cfg.arch,
+        precision=_precision(env).name,
     )
     config = {
         "protocol_version": PROTOCOL_VERSION,
@@ -159,6 +167,7 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
         "profile": profile.name,
         "init": init,
         "scale": scale.describe(),
+        "precision": _precision(env).name,
         "finetune": dataclasses.asdict(cfg),
         "pretrain": method.pretrain_config(ctx),
     }
@@ -205,6 +214,7 @@ def run_one(
             on_eval=on_eval,
             compile=env.compile,
             pretrained=encoder.weights.parts if encoder.weights else (),
+            precision=_precision(env),
         )
     except BenchError as exc:
         env.store.fail_run(run_id, str(exc))
@@ -220,6 +230,7 @@ def run_one(
         ),
         "selected_step": result.selected.step,
         "finetune_compiled": result.compiled,
+        "precision": _precision(env).record(),
         "losses": result.losses,
         "evals": [
             {
@@ -318,6 +329,11 @@ def _summary_rows(
     return rows
 
 
+def _precision(env: RunEnv) -> Precision:
+    assert env.precision is not None  # set in RunEnv.__post_init__
+    return env.precision
+
+
 def _stored_scores(store: ResultStore, run_id: int) -> dict[str, float]:
     frame = store.metrics_frame(run_id=run_id)
     test = frame[(frame.metric == "score") & (frame.split_part == "test")]
@@ -339,17 +355,20 @@ def make_env(
     force: bool = False,
     compile: str = "off",
     with_store: bool = True,
+    precision: str = "auto",
 ) -> RunEnv:
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if (
         compile != "off"
     ):  # compiled kernels persist beside the pretrainings, for later runs and workers
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache / "inductor").resolve()))
+    resolved = resolve_device(device)
     return RunEnv(
         data_root=resolve_data_root(data_root),
         store=ResultStore(store_url) if with_store else None,
-        device=resolve_device(device),
+        device=resolved,
         cache_dir=cache,
         force=force,
         compile=compile,
+        precision=resolve_precision(precision, resolved),
     )

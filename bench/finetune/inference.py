@@ -1,11 +1,16 @@
 """Inference and evaluation at native resolution (or at a protocol's resize).
 
-``predict`` labels one image: the whole image padded to a multiple of 32, or overlapping
-``tile``-sized windows whose logits are averaged. The model sees the image at the working scale
+``predict`` labels one image (``predict_batch`` several of one size in one forward pass): the
+whole image padded to a multiple of 32, or overlapping ``tile``-sized windows whose logits are
+averaged. The model sees the image at the working scale
 (``working``: resized, its logits resized back to the native size, so scores are always against
 the native masks); a protocol with a resize feeds and scores at that size instead. ``evaluate``
 accumulates one confusion matrix per evaluation resolution over a whole image set and scores every
-protocol from it.
+protocol from it, feeding images of one size ``EVAL_BATCH`` at a time.
+
+Precision (``bench.core.precision``): the network's forward pass runs at the run's precision (bf16
+autocast + channels_last, or fp32); its logits are cast to fp32 before resizing and argmax, and
+the confusion matrices and every metric are exact integer counts and float64 ratios.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.core.precision import Precision, resolve_precision
 from bench.data.cards import DatasetCard, ProtocolSpec
 from bench.data.images import LabeledImage
 from bench.finetune.metrics import (
@@ -29,6 +35,9 @@ from bench.finetune.metrics import (
 from bench.models.inputs import normalize_uint8
 from bench.models.scale import resize_mask
 
+EVAL_BATCH = 4
+"""Images of one size fed per forward pass in ``evaluate``."""
+
 
 @torch.no_grad()
 def predict(
@@ -38,39 +47,64 @@ def predict(
     tile: int = 0,
     size: tuple[int, int] | None = None,
     working: tuple[int, int] | None = None,
+    precision: Precision | None = None,
 ) -> np.ndarray:
     """Class ids for one grayscale image at native resolution, the model fed the image resized to
     ``working`` when given; or, with ``size``, fed and labelled at ``size``."""
-    x = normalize_uint8(torch.from_numpy(image)[None].to(device))
+    return predict_batch(model, [image], device, tile, size, working, precision)[0]
+
+
+@torch.no_grad()
+def predict_batch(
+    model: nn.Module,
+    images: list[np.ndarray],
+    device: torch.device,
+    tile: int = 0,
+    size: tuple[int, int] | None = None,
+    working: tuple[int, int] | None = None,
+    precision: Precision | None = None,
+) -> list[np.ndarray]:
+    """``predict`` for images of one shape, in one forward pass (one per window with ``tile``)."""
+    x = normalize_uint8(torch.from_numpy(np.stack(images)).to(device))
     target = size or working
     if target is not None:
         x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
-    logits = _sliding_logits(model, x, tile) if tile else _padded_logits(model, x)
+    if tile:
+        logits = _sliding_logits(model, x, tile, precision)
+    else:
+        logits = _padded_logits(model, x, precision)
     if size is None and working is not None:
-        logits = F.interpolate(logits, size=image.shape, mode="bilinear", align_corners=False)
-    return logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        logits = F.interpolate(logits, size=images[0].shape, mode="bilinear", align_corners=False)
+    return list(logits.argmax(1).to(torch.uint8).cpu().numpy())
 
 
-def forward_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's logits for a normalised batch: bf16 + channels_last on CUDA, fp32 out."""
-    if x.device.type == "cuda":
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            return model(x.contiguous(memory_format=torch.channels_last)).float()
-    return model(x)
+def forward_logits(
+    model: nn.Module, x: torch.Tensor, precision: Precision | None = None
+) -> torch.Tensor:
+    """The model's fp32 logits for a normalised batch, the forward pass at ``precision`` (default
+    fp32; bf16: autocast, the input in channels_last)."""
+    precision = precision or resolve_precision("fp32", x.device)
+    with precision.autocast():
+        logits = model(precision.input(x))
+    return logits.float()
 
 
-def _padded_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _padded_logits(
+    model: nn.Module, x: torch.Tensor, precision: Precision | None = None
+) -> torch.Tensor:
     h, w = x.shape[-2:]
     ph, pw = (-h) % 32, (-w) % 32
     mode = "reflect" if ph < h and pw < w else "replicate"
-    return forward_logits(model, F.pad(x, (0, pw, 0, ph), mode=mode))[..., :h, :w]
+    return forward_logits(model, F.pad(x, (0, pw, 0, ph), mode=mode), precision)[..., :h, :w]
 
 
-def _sliding_logits(model: nn.Module, x: torch.Tensor, tile: int) -> torch.Tensor:
+def _sliding_logits(
+    model: nn.Module, x: torch.Tensor, tile: int, precision: Precision | None = None
+) -> torch.Tensor:
     """Average logits of overlapping ``tile``-sized windows (stride tile/2) covering the image."""
     h, w = x.shape[-2:]
     if h <= tile and w <= tile:
-        return _padded_logits(model, x)
+        return _padded_logits(model, x, precision)
     stride = tile // 2
     tops = _window_starts(h, tile, stride)
     lefts = _window_starts(w, tile, stride)
@@ -78,13 +112,25 @@ def _sliding_logits(model: nn.Module, x: torch.Tensor, tile: int) -> torch.Tenso
     for top in tops:
         for left in lefts:
             window = x[..., top : top + tile, left : left + tile]
-            logits = _padded_logits(model, window)
+            logits = _padded_logits(model, window, precision)
             if total is None:
-                total = x.new_zeros((1, logits.shape[1], h, w))
+                total = x.new_zeros((x.shape[0], logits.shape[1], h, w))
                 count = x.new_zeros((1, 1, h, w))
             total[..., top : top + tile, left : left + tile] += logits
             count[..., top : top + tile, left : left + tile] += 1
     return total / count
+
+
+def _same_shape_batches(images: list[LabeledImage]) -> list[list[LabeledImage]]:
+    """Consecutive runs of images of one shape, at most ``EVAL_BATCH`` each (order kept)."""
+    batches: list[list[LabeledImage]] = []
+    for item in images:
+        last = batches[-1] if batches else None
+        if last and len(last) < EVAL_BATCH and last[0].image.shape == item.image.shape:
+            last.append(item)
+        else:
+            batches.append([item])
+    return batches
 
 
 def _window_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -109,6 +155,7 @@ def evaluate(
     tile: int,
     keep: dict[str, np.ndarray] | None = None,
     working: tuple[int, int] | None = None,
+    precision: Precision | None = None,
 ) -> dict[str, ProtocolResult]:
     """Score every protocol from one confusion matrix per evaluation resolution.
 
@@ -119,16 +166,18 @@ def evaluate(
     matrices: dict[tuple[int, int] | None, np.ndarray] = {}
     for size in dict.fromkeys(p.resize for p in protocols):
         cm = ConfusionMatrix(card.num_classes)
-        for item in images:
+        for group in _same_shape_batches(images):
+            feed = [item.image for item in group]
             if size is None:
-                pred = predict(model, item.image, device, tile, working=working)
-                if keep is not None and item.stem in keep:
-                    keep[item.stem] = pred
-                cm.update(pred, item.mask)
+                preds = predict_batch(model, feed, device, tile, None, working, precision)
+                for item, pred in zip(group, preds, strict=True):
+                    if keep is not None and item.stem in keep:
+                        keep[item.stem] = pred
+                    cm.update(pred, item.mask)
             else:
-                cm.update(
-                    predict(model, item.image, device, size=size), resize_mask(item.mask, size)
-                )
+                preds = predict_batch(model, feed, device, 0, size, None, precision)
+                for item, pred in zip(group, preds, strict=True):
+                    cm.update(pred, resize_mask(item.mask, size))
         matrices[size] = cm.matrix
     results = {}
     for spec in protocols:

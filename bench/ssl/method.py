@@ -42,6 +42,8 @@ class EncoderContext:
     """The run's working scale: the pool is brought to it before views are cut."""
     arch: str = "unet"
     """The fine-tuning architecture (a method that pretrains a decoder pretrains this one's)."""
+    precision: str = "fp32"
+    """``--precision`` of the run (``bench.core.precision``): the pretraining's forward passes."""
     pool_names: tuple[str, ...] = ()
     """Set by the engine: what each pool image is (a split's stem, or ``unlabeled/<file>``), so
     methods can tell a shot that is also a pool image and size queues to the pool."""

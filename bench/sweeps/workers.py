@@ -256,6 +256,7 @@ class WorkerOptions:
     cache_dir: str | None = None
     device: str = "auto"
     compile: str = "off"
+    precision: str = "auto"
     heartbeat: int = HEARTBEAT_S
     grace: int | None = None
     wait: bool = True
@@ -275,6 +276,8 @@ class WorkerOptions:
             self.device,
             "--compile",
             self.compile,
+            "--precision",
+            self.precision,
             "--heartbeat",
             str(self.heartbeat),
         ]
@@ -327,7 +330,15 @@ def run_worker(
     from bench.runner import make_env
     from bench.sweeps.sweep import interrupted_runs_hook, sweep_objective
 
-    env = make_env(opts.data_root, opts.store, opts.device, opts.cache_dir, False, opts.compile)
+    env = make_env(
+        opts.data_root,
+        opts.store,
+        opts.device,
+        opts.cache_dir,
+        False,
+        opts.compile,
+        precision=opts.precision,
+    )
     recorded = study.user_attrs.get("store")
     if recorded and recorded != mask_password(opts.store):
         warn(
