@@ -240,7 +240,11 @@ def run_one(
             }
             for e in result.evals
         ],
-        "seconds": {"total": time.time() - started, "encoder": pretrain_seconds},
+        "seconds": {
+            "total": time.time() - started,
+            "encoder": pretrain_seconds,
+            **{f"finetune_{k}": v for k, v in result.seconds.items()},
+        },
         "absent_classes": result.selected.test["honest"].summary.absent,
     }
     env.store.finish_run(run_id, rows, summary, replace=env.force)

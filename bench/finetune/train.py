@@ -14,6 +14,7 @@ kept beside it, labelled as such.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -137,6 +138,8 @@ class FinetuneResult:
     losses: list[float] = field(default_factory=list)
     compiled: bool = False
     """Whether the training step ran through ``torch.compile``."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of the training steps (``train``) and of the evaluations (``eval``)."""
 
     @property
     def selected(self) -> EvalPoint:
@@ -283,13 +286,18 @@ def finetune(
     )
     protocols = card.all_protocols()
     result = FinetuneResult(evals=[], compiled=train_step.compiled)
+    seconds = result.seconds
+    seconds.update(train=0.0, eval=0.0)
     with progress("loss") as bar:
         task = bar.add_task(label, total=cfg.steps, loss="")
         for step in range(1, cfg.steps + 1):
+            started = time.perf_counter()
             loss = train_step(cfg.batch_size, step)
+            seconds["train"] += time.perf_counter() - started
             result.losses.append(loss)
             bar.update(task, advance=1, loss=f"loss {loss:.3f}")
             if step % cfg.eval_every == 0 or step == cfg.steps:
+                started = time.perf_counter()
                 model.eval()
                 val_res = evaluate(
                     model, val, card, protocols[:1], device, cfg.tile, None, scale.resize, precision
@@ -299,6 +307,7 @@ def finetune(
                     model, test, card, protocols, device, cfg.tile, kept, scale.resize, precision
                 )
                 result.evals.append(EvalPoint(step, val_res.score, val_res.summary, tests, kept))
+                seconds["eval"] += time.perf_counter() - started
                 if on_eval is not None:
                     on_eval(step, val_res.score)
     return result
