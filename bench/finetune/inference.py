@@ -1,12 +1,12 @@
 """Inference and evaluation at native resolution (or at a protocol's resize).
 
-``predict`` labels one image (``predict_batch`` several of one size in one forward pass): the
-whole image padded to a multiple of 32, or overlapping ``tile``-sized windows whose logits are
-averaged. The model sees the image at the working scale
+``predict`` labels one image: the whole image padded to a multiple of 32, or overlapping
+``tile``-sized windows whose logits are averaged. The model sees the image at the working scale
 (``working``: resized, its logits resized back to the native size, so scores are always against
 the native masks); a protocol with a resize feeds and scores at that size instead. ``evaluate``
 accumulates one confusion matrix per evaluation resolution over a whole image set and scores every
-protocol from it, feeding images of one size ``EVAL_BATCH`` at a time.
+protocol from it. Images are fed one at a time: on a CPU a batch of 4 whole MetalDAM images
+(704×1024) costs as much per image in fp32 and 27 % more in bf16 (measured, 1 thread, CPU time).
 
 Precision (``bench.core.precision``): the network's forward pass runs at the run's precision (bf16
 autocast + channels_last, or fp32); its logits are cast to fp32 before resizing and argmax, and
@@ -35,9 +35,6 @@ from bench.finetune.metrics import (
 from bench.models.inputs import normalize_uint8
 from bench.models.scale import resize_mask
 
-EVAL_BATCH = 4
-"""Images of one size fed per forward pass in ``evaluate``."""
-
 
 @torch.no_grad()
 def predict(
@@ -50,22 +47,9 @@ def predict(
     precision: Precision | None = None,
 ) -> np.ndarray:
     """Class ids for one grayscale image at native resolution, the model fed the image resized to
-    ``working`` when given; or, with ``size``, fed and labelled at ``size``."""
-    return predict_batch(model, [image], device, tile, size, working, precision)[0]
-
-
-@torch.no_grad()
-def predict_batch(
-    model: nn.Module,
-    images: list[np.ndarray],
-    device: torch.device,
-    tile: int = 0,
-    size: tuple[int, int] | None = None,
-    working: tuple[int, int] | None = None,
-    precision: Precision | None = None,
-) -> list[np.ndarray]:
-    """``predict`` for images of one shape, in one forward pass (one per window with ``tile``)."""
-    x = normalize_uint8(torch.from_numpy(np.stack(images)).to(device))
+    ``working`` when given; or, with ``size``, fed and labelled at ``size``. The forward pass runs
+    at ``precision`` (default fp32), the argmax over fp32 logits."""
+    x = normalize_uint8(torch.from_numpy(image)[None].to(device))
     target = size or working
     if target is not None:
         x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
@@ -74,8 +58,8 @@ def predict_batch(
     else:
         logits = _padded_logits(model, x, precision)
     if size is None and working is not None:
-        logits = F.interpolate(logits, size=images[0].shape, mode="bilinear", align_corners=False)
-    return list(logits.argmax(1).to(torch.uint8).cpu().numpy())
+        logits = F.interpolate(logits, size=image.shape, mode="bilinear", align_corners=False)
+    return logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
 
 
 def forward_logits(
@@ -114,23 +98,11 @@ def _sliding_logits(
             window = x[..., top : top + tile, left : left + tile]
             logits = _padded_logits(model, window, precision)
             if total is None:
-                total = x.new_zeros((x.shape[0], logits.shape[1], h, w))
+                total = x.new_zeros((1, logits.shape[1], h, w))
                 count = x.new_zeros((1, 1, h, w))
             total[..., top : top + tile, left : left + tile] += logits
             count[..., top : top + tile, left : left + tile] += 1
     return total / count
-
-
-def _same_shape_batches(images: list[LabeledImage]) -> list[list[LabeledImage]]:
-    """Consecutive runs of images of one shape, at most ``EVAL_BATCH`` each (order kept)."""
-    batches: list[list[LabeledImage]] = []
-    for item in images:
-        last = batches[-1] if batches else None
-        if last and len(last) < EVAL_BATCH and last[0].image.shape == item.image.shape:
-            last.append(item)
-        else:
-            batches.append([item])
-    return batches
 
 
 def _window_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -166,18 +138,15 @@ def evaluate(
     matrices: dict[tuple[int, int] | None, np.ndarray] = {}
     for size in dict.fromkeys(p.resize for p in protocols):
         cm = ConfusionMatrix(card.num_classes)
-        for group in _same_shape_batches(images):
-            feed = [item.image for item in group]
+        for item in images:
             if size is None:
-                preds = predict_batch(model, feed, device, tile, None, working, precision)
-                for item, pred in zip(group, preds, strict=True):
-                    if keep is not None and item.stem in keep:
-                        keep[item.stem] = pred
-                    cm.update(pred, item.mask)
+                pred = predict(model, item.image, device, tile, None, working, precision)
+                if keep is not None and item.stem in keep:
+                    keep[item.stem] = pred
+                cm.update(pred, item.mask)
             else:
-                preds = predict_batch(model, feed, device, 0, size, None, precision)
-                for item, pred in zip(group, preds, strict=True):
-                    cm.update(pred, resize_mask(item.mask, size))
+                pred = predict(model, item.image, device, 0, size, None, precision)
+                cm.update(pred, resize_mask(item.mask, size))
         matrices[size] = cm.matrix
     results = {}
     for spec in protocols:
