@@ -25,6 +25,7 @@ from PIL import Image
 from bench.core.devices import device_name, resolve_device
 from bench.core.errors import BenchError
 from bench.core.paths import default_cache_dir
+from bench.core.precision import Precision, resolve_precision
 from bench.core.provenance import collect_versions, config_hash, git_commit
 from bench.data.cards import DatasetCard, load_card
 from bench.data.images import LabeledImage
@@ -83,6 +84,8 @@ class RunEnv:
     cache_dir: Path
     force: bool = False
     compile: str = "off"
+    precision: Precision | None = None
+    """The resolved ``--precision`` (``make_env``); None: fp32."""
     _datasets: dict[tuple[str, str], LoadedSplit] = field(default_factory=dict)
 
     def split_data(self, card: DatasetCard, split: str) -> LoadedSplit:
@@ -95,6 +98,10 @@ class RunEnv:
                 load_labeled(card, self.data_root, part.test),
             )
         return self._datasets[key]
+
+    def __post_init__(self) -> None:
+        if self.precision is None:
+            self.precision = resolve_precision("fp32", self.device)
 
 
 @dataclass
@@ -168,6 +175,7 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
         scale=scale,
         arch=cfg.arch,
         pool=spec.pool,
+        precision=_precision(env).name,
     )
     config = {
         "protocol_version": PROTOCOL_VERSION,
@@ -181,6 +189,7 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
         "profile": profile.name,
         "init": init,
         "scale": scale.describe(),
+        "precision": _precision(env).name,
         "finetune": dataclasses.asdict(cfg),
         "pretrain": method.pretrain_config(ctx),
         "modes": list(modes),
@@ -259,6 +268,7 @@ def run_one(
             **encoder.info,
             "seconds": seconds,
             "threads": torch.get_num_threads(),
+            "precision": _precision(env).record(),
         }
         tuned = results.get("finetune")
         if tuned is not None:
@@ -314,6 +324,7 @@ def _finetune(
         on_eval=on_eval,
         compile=env.compile,
         pretrained=weights.parts if weights else (),
+        precision=_precision(env),
     )
 
 
@@ -336,6 +347,7 @@ def _probe(
         env.device,
         run.config["seed"],
         label,
+        precision=_precision(env),
     )
 
 
@@ -352,6 +364,7 @@ def _training_record(result: FinetuneResult) -> dict[str, Any]:
             }
             for e in result.evals
         ],
+        "seconds": result.seconds,
     }
 
 
@@ -454,6 +467,11 @@ def _summary_rows(
     return rows
 
 
+def _precision(env: RunEnv) -> Precision:
+    assert env.precision is not None  # set in RunEnv.__post_init__
+    return env.precision
+
+
 def _stored_scores(store: ResultStore, run_id: int, mode: str) -> dict[str, float]:
     frame = store.metrics_frame(run_id=run_id, mode=mode)
     test = frame[(frame.metric == "score") & (frame.split_part == "test")]
@@ -475,6 +493,7 @@ def make_env(
     force: bool = False,
     compile: str = "off",
     with_store: bool = True,
+    precision: str = "auto",
 ) -> RunEnv:
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if (
@@ -484,11 +503,13 @@ def make_env(
     store = ResultStore(store_url) if with_store else None
     if store is not None:
         store.fail_gone_runs()  # runs of this host left 'running' by a killed process
+    resolved = resolve_device(device)
     return RunEnv(
         data_root=resolve_data_root(data_root),
         store=store,
-        device=resolve_device(device),
+        device=resolved,
         cache_dir=cache,
         force=force,
         compile=compile,
+        precision=resolve_precision(precision, resolved),
     )

@@ -79,6 +79,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from bench.core.errors import BenchError
+from bench.core.precision import fp32_matmul
 from bench.data.images import LabeledImage
 from bench.models.scale import labeled_at_scale
 from bench.models.segmenter import PretrainedWeights, create_segmenter
@@ -355,7 +356,7 @@ def patch_contrast(
     """NT-Xent over cells: positive = same location in the other view, negatives = other classes."""
     p = cls.shape[0]
     z = F.normalize(torch.cat([q, k]), dim=1)
-    logits = (z @ z.T).float() / temperature
+    logits = fp32_matmul(z, z.T) / temperature
     logits = logits.masked_fill(~negative_mask(cls), -torch.inf)
     rows = torch.arange(2 * p, device=cls.device)
     return F.cross_entropy(logits, (rows + p) % (2 * p))

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from bench.core.compile import COMPILE_MODES
+from bench.core.precision import PRECISIONS
 from bench.models.encoders import INITS
 from bench.models.segmenter import ARCHS, ENCODERS
 from bench.profiles import PROFILES
@@ -77,6 +78,15 @@ def add_worker_env(parser: argparse.ArgumentParser) -> None:
         choices=list(COMPILE_MODES),
         help="torch.compile the pretraining and fine-tuning steps (fine-tuning on CUDA: CUDA "
         "graphs); auto: on CUDA for runs long enough to repay the warm-up (default: off)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=list(PRECISIONS),
+        help="forward passes of pretraining, fine-tuning and evaluation: bf16 autocast + "
+        "channels_last, or fp32; auto: bf16 on CUDA with bf16 and on CPUs with amx_bf16 or "
+        "avx512_bf16, else fp32 (losses and metrics stay fp32; recorded with the run; "
+        "default: auto)",
     )
 
 

@@ -42,7 +42,13 @@ def main(args: argparse.Namespace) -> int:
     from bench.ssl.engine import pretrain_encoder
 
     env = make_env(
-        args.data_root, None, args.device, args.cache_dir, compile=args.compile, with_store=False
+        args.data_root,
+        None,
+        args.device,
+        args.cache_dir,
+        compile=args.compile,
+        with_store=False,
+        precision=args.precision,
     )
     spec = RunSpec(
         method=args.method,

@@ -1,4 +1,5 @@
-"""``bench perf``: time the SSL engine, a seed-style loop, a ResNet-50 ceiling and fine-tuning.
+"""``bench perf``: time the SSL engine, a seed-style loop, a ResNet-50 ceiling, fine-tuning and
+evaluation, each of the project's own measurements at fp32 and at bf16 in the same run.
 
 Writes ``<out>/<device-slug>-<YYYY-MM-DD>.json`` and prints a table. A benchmark, not a test: the
 figures depend on the machine and its load. On a CPU use ``--profile smoke`` (minutes on 2 cores).
@@ -11,6 +12,7 @@ import argparse
 from bench.commands._common import add_data_root, add_results_dir
 from bench.core.compile import COMPILE_MODES
 from bench.core.errors import BenchError
+from bench.core.precision import PRECISIONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="engine step compile mode, as `bench run --compile` (default: auto)",
     )
     p.add_argument(
+        "--precision",
+        default="auto",
+        choices=list(PRECISIONS),
+        help="precision of the main figures (fp32 and bf16 are always compared side by side; "
+        "default: auto, as `bench run`)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -65,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
     from bench.data.sources import resolve_data_root
     from bench.perf.record import write_record
     from bench.perf.run import PerfOptions, run_perf
-    from bench.perf.table import render_table
+    from bench.perf.table import render_precision_table, render_table
 
     device = resolve_device(args.device)
     profile = args.profile or ("standard" if device.type == "cuda" else "smoke")
@@ -90,6 +99,7 @@ def main(args: argparse.Namespace) -> int:
     for flag, value, default in (
         ("--dataset", args.dataset, "metaldam"),
         ("--compile", args.compile, "auto"),
+        ("--precision", args.precision, "auto"),
         ("--threads", args.threads, None),
         ("--out", args.out, None),
         ("--data-root", args.data_root, None),
@@ -102,6 +112,7 @@ def main(args: argparse.Namespace) -> int:
         data_root=resolve_data_root(args.data_root),
         methods=methods,
         compile=args.compile,
+        precision=args.precision,
         threads=threads,
         dataset=args.dataset,
         command=command,
@@ -110,5 +121,8 @@ def main(args: argparse.Namespace) -> int:
     record = run_perf(opts)
     path = write_record(record, Path(args.out) if args.out else results_dir() / "perf")
     console.print(render_table(record))
+    compare = render_precision_table(record)
+    if compare is not None:
+        console.print(compare)
     console.print(f"wrote {path}")
     return 0

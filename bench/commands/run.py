@@ -58,7 +58,13 @@ def main(args: argparse.Namespace) -> int:
     if args.draws < 1:
         raise BenchError("--draws must be ≥ 1")
     env = make_env(
-        args.data_root, args.store, args.device, args.cache_dir, args.force, args.compile
+        args.data_root,
+        args.store,
+        args.device,
+        args.cache_dir,
+        args.force,
+        args.compile,
+        precision=args.precision,
     )
     params = resolve_params(
         args.method, args.dataset, args.profile, parse_params(args.param), args.params, args.store

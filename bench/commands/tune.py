@@ -111,7 +111,15 @@ def main(args: argparse.Namespace) -> int:
     )
     name = args.name or task.default_name()
     study = tune_study(opened, name, task, args.sampler_seed, args.pruner)
-    env = make_env(args.data_root, tune_store, args.device, args.cache_dir, False, args.compile)
+    env = make_env(
+        args.data_root,
+        tune_store,
+        args.device,
+        args.cache_dir,
+        False,
+        args.compile,
+        precision=args.precision,
+    )
     enqueue_defaults(study, method_cls(fixed), space, args.profile)
     console.print(
         f"tuning {args.method} on {args.dataset} ({args.shots}-shot, draws: {args.draws}, "

@@ -85,6 +85,7 @@ def worker_options(args: argparse.Namespace, **changes: object):
         "cache_dir": args.cache_dir,
         "device": args.device,
         "compile": args.compile,
+        "precision": args.precision,
         "heartbeat": args.heartbeat,
         "grace": args.grace,
         "wait": not getattr(args, "no_wait", False),

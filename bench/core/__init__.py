@@ -1,5 +1,5 @@
 """Foundations every stage uses: user errors, consoles, local paths, provenance, devices, the
-compile policy, learning-rate schedules and URL masking.
+compile policy, the precision rule, learning-rate schedules and URL masking.
 
 Owns no pipeline logic. Imports only the standard library and third-party packages, never another
 ``bench`` package.

@@ -22,6 +22,9 @@ encoder's features hold.
   targets), every shot in every step, ``steps`` steps. **Selection** exactly as fine-tuning: every
   ``eval_every`` steps the validation mIoU (honest protocol) picks the reported step; test scores of
   every protocol are computed at the same points (the oracle is kept beside, labelled).
+- **Precision**: the frozen encoder's forward passes (BatchNorm re-estimation and features) run at
+  the run's precision (``bench.core.precision``); the features are stored in fp32, and the head,
+  its cross-entropy, the logits' argmax and the metrics are fp32.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.core.console import progress
+from bench.core.precision import Precision, resolve_precision
 from bench.data.cards import DatasetCard, ProtocolSpec
 from bench.data.images import LabeledImage
 from bench.finetune.inference import ProtocolResult
@@ -99,17 +103,24 @@ class LinearProbe(nn.Module):
         return total
 
 
-def recalibrated(encoder: nn.Module, shots: list[LabeledImage], device: torch.device) -> nn.Module:
-    """A frozen copy of ``encoder`` whose BatchNorm statistics are averaged over the shots."""
-    frozen = copy.deepcopy(encoder).to(device)
+def recalibrated(
+    encoder: nn.Module,
+    shots: list[LabeledImage],
+    device: torch.device,
+    precision: Precision | None = None,
+) -> nn.Module:
+    """A frozen copy of ``encoder`` whose BatchNorm statistics are averaged over the shots (the
+    copy in ``precision``'s memory format, its passes at that precision; default fp32)."""
+    precision = precision or resolve_precision("fp32", device)
+    frozen = precision.model(copy.deepcopy(encoder).to(device))
     for module in frozen.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()
             module.momentum = None  # cumulative average over every forward pass
     frozen.train()
-    with torch.no_grad():
+    with torch.no_grad(), precision.autocast():
         for shot in shots:
-            frozen(_input(shot.image, device))
+            frozen(precision.input(_input(shot.image, device)))
     frozen.eval()
     for p in frozen.parameters():
         p.requires_grad_(False)
@@ -117,9 +128,18 @@ def recalibrated(encoder: nn.Module, shots: list[LabeledImage], device: torch.de
 
 
 @torch.no_grad()
-def stage_features(encoder: nn.Module, image: np.ndarray, device: torch.device) -> Features:
-    """The four stage maps of one uint8 image (the frozen encoder in eval mode)."""
-    return [f.float() for f in encoder(_input(image, device))[2 : 2 + STAGES]]
+def stage_features(
+    encoder: nn.Module,
+    image: np.ndarray,
+    device: torch.device,
+    precision: Precision | None = None,
+) -> Features:
+    """The four stage maps of one uint8 image (the frozen encoder in eval mode), in fp32 whatever
+    the forward pass's ``precision`` (default fp32)."""
+    precision = precision or resolve_precision("fp32", device)
+    with precision.autocast():
+        maps = encoder(precision.input(_input(image, device)))[2 : 2 + STAGES]
+    return [f.float().contiguous() for f in maps]
 
 
 def _input(image: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -143,14 +163,16 @@ def probe(
     device: torch.device,
     seed: int,
     label: str = "probe",
+    precision: Precision | None = None,
 ) -> FinetuneResult:
     """Train the linear head on the frozen ``encoder``'s features of the shots; evaluate like
-    fine-tuning (``FinetuneResult``: the validation-selected step, the oracle beside it)."""
+    fine-tuning (``FinetuneResult``: the validation-selected step, the oracle beside it).
+    ``precision``: the encoder's forward passes (default fp32); the head trains in fp32."""
     torch.manual_seed(seed)
     scale = resolve_scale(card, scale_rule)
     shots = labeled_at_scale(shots, scale)
-    frozen = recalibrated(encoder, shots, device)
-    raw = [stage_features(frozen, s.image, device) for s in shots]
+    frozen = recalibrated(encoder, shots, device, precision)
+    raw = [stage_features(frozen, s.image, device, precision) for s in shots]
     standardize = Standardizer(raw)
     shot_features = [standardize(f) for f in raw]
     targets = [
@@ -160,8 +182,8 @@ def probe(
     head = LinearProbe([f.shape[1] for f in raw[0]], card.num_classes).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     protocols = card.all_protocols()
-    val_set = _EvalSet(frozen, standardize, val, scale.resize, protocols[:1], device)
-    test_set = _EvalSet(frozen, standardize, test, scale.resize, protocols, device)
+    val_set = _EvalSet(frozen, standardize, val, scale.resize, protocols[:1], device, precision)
+    test_set = _EvalSet(frozen, standardize, test, scale.resize, protocols, device, precision)
     result = FinetuneResult(evals=[])
     with progress("loss") as bar:
         task = bar.add_task(label, total=cfg.steps, loss="")
@@ -198,13 +220,14 @@ class _EvalSet:
         working: tuple[int, int] | None,
         protocols: list[ProtocolSpec],
         device: torch.device,
+        precision: Precision | None = None,
     ) -> None:
         self.images, self.protocols = images, protocols
         self.features: dict[tuple[int, int] | None, list[Features]] = {}
         for size in dict.fromkeys(p.resize for p in protocols):
             feed = size or working
             self.features[size] = [
-                standardize(stage_features(encoder, _fed(item.image, feed), device))
+                standardize(stage_features(encoder, _fed(item.image, feed), device, precision))
                 for item in images
             ]
 

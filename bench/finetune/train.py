@@ -2,9 +2,11 @@
 
 A fixed number of optimizer steps on crops (or whole images) of the shots at the working scale,
 with optional flips, 90° rotations and brightness/contrast jitter; AdamW with warmup + cosine (or
-constant), the pretrained parts at their own learning rate; the configured loss; bf16 autocast and
-channels_last on CUDA. Every ``eval_every`` steps the model predicts the validation and test
-images (``bench.finetune.inference``).
+constant), the pretrained parts at their own learning rate; the configured loss. The forward pass
+runs at the run's precision (``bench.core.precision``: bf16 autocast + channels_last, or fp32);
+the logits are cast to fp32 before the loss, so losses, their softmax and the backward of the
+loss are fp32. Every ``eval_every`` steps the model predicts the validation and test images
+(``bench.finetune.inference``).
 The reported model is the one with the best validation score; the best test score ("oracle") is
 kept beside it, labelled as such.
 """
@@ -12,6 +14,7 @@ kept beside it, labelled as such.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +25,7 @@ from torch import nn
 from bench.core.compile import should_compile
 from bench.core.console import progress
 from bench.core.errors import BenchError
+from bench.core.precision import Precision, resolve_precision
 from bench.core.schedules import warmup_then
 from bench.data.cards import DatasetCard
 from bench.data.images import LabeledImage
@@ -134,6 +138,8 @@ class FinetuneResult:
     losses: list[float] = field(default_factory=list)
     compiled: bool = False
     """Whether the training step ran through ``torch.compile``."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of the training steps (``train``) and of the evaluations (``eval``)."""
 
     @property
     def selected(self) -> EvalPoint:
@@ -150,9 +156,10 @@ def _finite(value: float) -> float:
 
 
 class TrainStep:
-    """One fine-tuning optimizer step: a batch of crops, forward (bf16 autocast + channels_last on
-    CUDA), loss, backward, AdamW (fused on CUDA), schedule. The submodules named in
-    ``pretrained`` (``encoder``, ``decoder``) train at ``cfg.pretrained_lr`` when it is set.
+    """One fine-tuning optimizer step: a batch of crops, forward at ``precision`` (default fp32;
+    the model already in its memory format), fp32 loss, backward, AdamW (fused on CUDA),
+    schedule. The submodules named in ``pretrained`` (``encoder``, ``decoder``) train at
+    ``cfg.pretrained_lr`` when it is set.
 
     Compiled (``bench.core.compile``), forward and loss run through ``torch.compile``; on CUDA, mode
     ``reduce-overhead``, i.e. CUDA graphs: a few-shot batch is launch-bound, and its shapes are
@@ -171,8 +178,10 @@ class TrainStep:
         pretrained: tuple[str, ...] = (),
         background: int | None = None,
         class_weights: torch.Tensor | None = None,
+        precision: Precision | None = None,
     ) -> None:
         self.model, self.sampler, self.device = model, sampler, device
+        self.precision = precision or resolve_precision("fp32", device)
         self.optimizer = torch.optim.AdamW(
             param_groups(model, pretrained, cfg),
             lr=cfg.lr,
@@ -185,7 +194,7 @@ class TrainStep:
         loss_fn = make_loss(cfg.loss, num_classes, background, class_weights)
 
         def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return loss_fn(forward_logits(model, x), y)
+            return loss_fn(forward_logits(model, x, self.precision), y)
 
         self.compiled = should_compile(compile, "finetune", cfg.steps, device)
         self.graphs = self.compiled and device.type == "cuda"
@@ -242,6 +251,7 @@ def finetune(
     on_eval: Callable[[int, float], None] | None = None,
     compile: str = "off",
     pretrained: tuple[str, ...] = (),
+    precision: Precision | None = None,
 ) -> FinetuneResult:
     """Train for ``cfg.steps`` steps at the working scale (``cfg.scale``), evaluating val
     (selection) and test (reporting) periodically.
@@ -249,40 +259,55 @@ def finetune(
     ``on_eval(step, val_score)`` is called after each evaluation (e.g. to report to a pruner,
     which may stop the run by raising). ``compile``: ``--compile`` (see ``TrainStep``).
     ``pretrained``: the submodules that start from pretrained weights (``cfg.pretrained_lr``).
+    ``precision``: the forward passes' precision, training and evaluation (default fp32).
     """
+    precision = precision or resolve_precision("fp32", device)
     torch.manual_seed(seed)
     scale = resolve_scale(card, cfg.scale)
     shots = labeled_at_scale(shots, scale)
     sampler = ShotSampler(
         shots, cfg.crop, np.random.default_rng(seed), cfg.augment, cfg.jitter, cfg.batching
     )
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = precision.model(model.to(device))
     weights = rare_class_weights(
         [s.mask for s in shots], card.num_classes, cfg.rare_share, cfg.rare_weight
     )
     train_step = TrainStep(
-        model, sampler, cfg, card.num_classes, device, compile, pretrained, card.background, weights
+        model,
+        sampler,
+        cfg,
+        card.num_classes,
+        device,
+        compile,
+        pretrained,
+        card.background,
+        weights,
+        precision,
     )
     protocols = card.all_protocols()
     result = FinetuneResult(evals=[], compiled=train_step.compiled)
+    seconds = result.seconds
+    seconds.update(train=0.0, eval=0.0)
     with progress("loss") as bar:
         task = bar.add_task(label, total=cfg.steps, loss="")
         for step in range(1, cfg.steps + 1):
+            started = time.perf_counter()
             loss = train_step(cfg.batch_size, step)
+            seconds["train"] += time.perf_counter() - started
             result.losses.append(loss)
             bar.update(task, advance=1, loss=f"loss {loss:.3f}")
             if step % cfg.eval_every == 0 or step == cfg.steps:
+                started = time.perf_counter()
                 model.eval()
                 val_res = evaluate(
-                    model, val, card, protocols[:1], device, cfg.tile, working=scale.resize
+                    model, val, card, protocols[:1], device, cfg.tile, None, scale.resize, precision
                 )["honest"]
                 kept = {item.stem: None for item in test[:keep_predictions]}
                 tests = evaluate(
-                    model, test, card, protocols, device, cfg.tile, kept, working=scale.resize
+                    model, test, card, protocols, device, cfg.tile, kept, scale.resize, precision
                 )
                 result.evals.append(EvalPoint(step, val_res.score, val_res.summary, tests, kept))
+                seconds["eval"] += time.perf_counter() - started
                 if on_eval is not None:
                     on_eval(step, val_res.score)
     return result

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench.core.precision import Precision, resolve_precision
 from bench.data.cards import DatasetCard, load_card
 from bench.data.sources import load_labeled
 from bench.finetune.inference import forward_logits, predict, resize_mask
@@ -37,9 +38,9 @@ def _fine_tune_process(spec: dict[str, Any], barrier, results) -> None:
         device = torch.device(spec["device"])
         size = spec["size"]
         torch.manual_seed(rank)
+        precision = resolve_precision(spec["precision"], device)
         model = build_segmenter(spec["arch"], spec["encoder"], spec["num_classes"]).to(device)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
+        model = precision.model(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         loss_fn = make_loss("dice", spec["num_classes"])
         card = load_card(spec["dataset"])
@@ -62,7 +63,7 @@ def _fine_tune_process(spec: dict[str, Any], barrier, results) -> None:
 
         def epoch() -> None:
             model.train()
-            loss = loss_fn(forward_logits(model, x), y)
+            loss = loss_fn(forward_logits(model, x, precision), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -70,7 +71,7 @@ def _fine_tune_process(spec: dict[str, Any], barrier, results) -> None:
             model.eval()
             cm = ConfusionMatrix(spec["num_classes"])
             for im, m in val:
-                cm.update(predict(model, im, device, size=(size, size)), m)
+                cm.update(predict(model, im, device, size=(size, size), precision=precision), m)
 
         for _ in range(spec["warmup"]):
             epoch()
@@ -99,6 +100,7 @@ def measure_aggregate(
     device: torch.device,
     sizes: PerfSizes,
     total_threads: int,
+    precision: Precision,
 ) -> dict[str, Any]:
     """Total epochs/s of N concurrent 1-shot fine-tunes, each in its own (spawned) process.
 
@@ -128,6 +130,7 @@ def measure_aggregate(
                 "val": val,
                 "warmup": sizes.agg_warmup,
                 "seconds": sizes.agg_seconds,
+                "precision": precision.name,
             }
             proc = ctx.Process(
                 target=_fine_tune_process, args=(spec, barrier, results), daemon=True
@@ -163,9 +166,7 @@ def measure_aggregate(
         ),
         "arch": sizes.ft_arch,
         "encoder": sizes.ft_encoder,
-        "precision": "bf16 autocast + channels_last (bench.finetune.inference.forward_logits)"
-        if device.type == "cuda"
-        else "fp32",
+        "precision": precision.name,
         "val_images": len(val),
         "shot": shot,
         "warmup_epochs": sizes.agg_warmup,

@@ -1,15 +1,18 @@
 """The single-process measurements of ``bench perf``: the device's ceiling, the SSL engine per
-method, and few-shot fine-tuning steps/s.
+method, few-shot fine-tuning steps/s and evaluation images/s, each at a given precision
+(``bench.core.precision``: bf16 autocast + channels_last, or fp32).
 
 - ``measure_ceiling``: a synthetic torchvision ResNet-50 classifier (random weights, random input,
-  cross-entropy, SGD) — forward + backward + optimizer step — in the best mode the device offers:
-  bf16 autocast + channels_last + ``torch.compile`` on CUDA, plain fp32 eager on CPU.
+  cross-entropy, SGD) — forward + backward + optimizer step — at the precision, with
+  ``torch.compile`` on CUDA, eager on CPU.
 - ``measure_engine``: one SSL method through the project's own engine: the model from
   ``method.build_model``, the on-device ``ImagePool``, ``bench.ssl.engine``'s step function,
   optimizer, schedule and per-step work (loss ``.item()``, backward, clip, step, ``after_step``).
   View-passes/s = the model's own ``view_passes(batch)`` × steps / seconds.
 - ``measure_finetune``: optimizer steps/s of the fine-tuning step (``bench.finetune.train``'s
   ``TrainStep``) at each shot count.
+- ``measure_eval``: images/s of ``bench.finetune.inference.evaluate`` (honest protocol: whole
+  images at native resolution, padded to a multiple of 32, into a confusion matrix).
 
 Warm-up steps are never timed; on CUDA the clock is read between ``torch.cuda.synchronize()`` calls.
 """
@@ -26,10 +29,12 @@ import torch
 import torch.nn.functional as F
 
 from bench.core.compile import should_compile
+from bench.core.precision import Precision
 from bench.core.schedules import warmup_then
 from bench.data.cards import DatasetCard
 from bench.data.images import LabeledImage
 from bench.finetune.config import FinetuneConfig
+from bench.finetune.inference import evaluate
 from bench.finetune.train import ShotSampler, TrainStep
 from bench.models.encoders import build_encoder
 from bench.models.segmenter import build_segmenter
@@ -46,15 +51,16 @@ from bench.ssl.engine import (
 from bench.ssl.method import EncoderContext
 
 
-def measure_ceiling(device: torch.device, sizes: PerfSizes) -> dict[str, Any]:
+def measure_ceiling(device: torch.device, sizes: PerfSizes, precision: Precision) -> dict[str, Any]:
     """Synthetic torchvision ResNet-50: random weights, random input and labels, CE, SGD step."""
     cuda = device.type == "cuda"
-    seconds = _time_ceiling(device, sizes)
+    seconds = _time_ceiling(device, sizes, precision)
     release(device)
+    mode = "bf16 autocast + channels_last" if precision.bf16 else "fp32"
     return {
         "imgs_per_s": sizes.ceiling_batch * sizes.ceiling_steps / seconds,
         "model": "torchvision resnet50 (random weights), cross-entropy, SGD step",
-        "mode": "bf16 autocast + channels_last + torch.compile" if cuda else "fp32 eager",
+        "mode": f"{mode} + torch.compile" if cuda else f"{mode} eager",
         "batch": sizes.ceiling_batch,
         "image_size": sizes.ceiling_size,
         "warmup": sizes.ceiling_warmup,
@@ -62,24 +68,21 @@ def measure_ceiling(device: torch.device, sizes: PerfSizes) -> dict[str, Any]:
     }
 
 
-def _time_ceiling(device: torch.device, sizes: PerfSizes) -> float:
+def _time_ceiling(device: torch.device, sizes: PerfSizes, precision: Precision) -> float:
     import torchvision
 
-    cuda = device.type == "cuda"
     torch.manual_seed(0)
-    model = torchvision.models.resnet50(weights=None).to(device)
+    model = precision.model(torchvision.models.resnet50(weights=None).to(device))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(sizes.ceiling_batch, 3, sizes.ceiling_size, sizes.ceiling_size, device=device)
+    x = precision.input(x)
     y = torch.randint(1000, (sizes.ceiling_batch,), device=device)
-    forward = model
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-        forward = torch.compile(model)
+    forward = torch.compile(model) if device.type == "cuda" else model
 
     def step(_: int) -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = F.cross_entropy(forward(x), y)
+        with precision.autocast():
+            logits = forward(x)
+        loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -89,7 +92,12 @@ def _time_ceiling(device: torch.device, sizes: PerfSizes) -> float:
 
 
 def measure_engine(
-    method_cls: type, ctx: EncoderContext, pool: ImagePool, sizes: PerfSizes, compile_mode: str
+    method_cls: type,
+    ctx: EncoderContext,
+    pool: ImagePool,
+    sizes: PerfSizes,
+    compile_mode: str,
+    precision: Precision,
 ) -> dict[str, Any]:
     """One SSL method through the project's engine: its model, the pool, the engine's step."""
     method = method_cls({"batch_size": sizes.batch, "view_size": sizes.view_size})
@@ -97,7 +105,7 @@ def measure_engine(
     nominal_steps = cfg.steps
     """The length of a real pretraining with this profile: what ``--compile auto`` looks at."""
     with MemoryPeak(ctx.device) as mem:
-        timing = _time_engine(method, ctx, pool, sizes, cfg, compile_mode, nominal_steps)
+        timing = _time_engine(method, ctx, pool, sizes, cfg, compile_mode, nominal_steps, precision)
     release(ctx.device)
     return {
         "view_passes_per_s": timing["passes"] * sizes.steps / timing["seconds"],
@@ -110,6 +118,7 @@ def measure_engine(
         "optimizer": cfg.optimizer,
         "bn_views": cfg.bn_views,
         "compiled": timing["compiled"],
+        "precision": precision.name,
         "nominal_run_steps": nominal_steps,
         "loss_finite": timing["finite"],
         "seconds": timing["seconds"],
@@ -127,18 +136,17 @@ def _time_engine(
     cfg,
     compile_mode: str,
     nominal_steps: int,
+    precision: Precision,
 ) -> dict[str, Any]:
     device = ctx.device
     torch.manual_seed(0)
-    model = method.build_model(build_encoder(ctx.encoder), ctx, cfg).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = precision.model(method.build_model(build_encoder(ctx.encoder), ctx, cfg).to(device))
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_then(cfg.schedule, cfg.warmup_steps, nominal_steps)
     )
     generator = torch.Generator(device=device).manual_seed(0)
-    step_fn = compiled_step(model, compile_mode, nominal_steps)
+    step_fn = compiled_step(model, compile_mode, nominal_steps, precision)
     finite = True
 
     def step(i: int) -> None:
@@ -164,6 +172,7 @@ def measure_finetune(
     device: torch.device,
     sizes: PerfSizes,
     base_cfg: FinetuneConfig,
+    precision: Precision,
     compile: str = "off",
 ) -> dict[str, Any]:
     """Optimizer steps/s of the fine-tuning step (``TrainStep``) at each shot count."""
@@ -183,7 +192,9 @@ def measure_finetune(
         batch = min(n, sizes.ft_max_batch)
         try:
             with MemoryPeak(device) as mem:
-                seconds = _time_finetune(card, shots[:n], device, sizes, cfg, batch, compile)
+                seconds = _time_finetune(
+                    card, shots[:n], device, sizes, cfg, batch, compile, precision
+                )
             per_shots[key] = {
                 "steps_per_s": sizes.ft_steps / seconds,
                 "batch": batch,
@@ -214,9 +225,7 @@ def measure_finetune(
         )
         if compiled
         else None,
-        "precision": "bf16 autocast + channels_last (bench.finetune.inference.forward_logits)"
-        if device.type == "cuda"
-        else "fp32",
+        "precision": precision.name,
         "warmup": sizes.ft_warmup,
         "steps": sizes.ft_steps,
         "per_shots": per_shots,
@@ -231,11 +240,44 @@ def _time_finetune(
     cfg: FinetuneConfig,
     batch: int,
     compile: str,
+    precision: Precision,
 ) -> float:
     torch.manual_seed(0)
-    model = build_segmenter(cfg.arch, cfg.encoder, card.num_classes).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = precision.model(build_segmenter(cfg.arch, cfg.encoder, card.num_classes).to(device))
     sampler = ShotSampler(shots, cfg.crop, np.random.default_rng(0))
-    train_step = TrainStep(model, sampler, cfg, card.num_classes, device, compile)
+    train_step = TrainStep(
+        model, sampler, cfg, card.num_classes, device, compile, precision=precision
+    )
     return time_steps(lambda i: train_step(batch, i), sizes.ft_warmup, sizes.ft_steps, device)
+
+
+def measure_eval(
+    card: DatasetCard,
+    images: list[LabeledImage],
+    device: torch.device,
+    sizes: PerfSizes,
+    precision: Precision,
+) -> dict[str, Any]:
+    """Images/s of ``evaluate`` (honest protocol, native resolution) on ``images``, each timed
+    pass over all of them after ``eval_warmup`` untimed passes."""
+    torch.manual_seed(0)
+    model = precision.model(
+        build_segmenter(sizes.ft_arch, sizes.ft_encoder, card.num_classes).to(device)
+    ).eval()
+    honest = card.all_protocols()[:1]
+
+    def one_pass(_: int) -> None:
+        evaluate(model, images, card, honest, device, 0, precision=precision)
+
+    seconds = time_steps(one_pass, sizes.eval_warmup, sizes.eval_passes, device)
+    release(device)
+    return {
+        "images_per_s": len(images) * sizes.eval_passes / seconds,
+        "images": len(images),
+        "image_shape": list(images[0].image.shape) if images else None,
+        "arch": sizes.ft_arch,
+        "encoder": sizes.ft_encoder,
+        "precision": precision.name,
+        "warmup_passes": sizes.eval_warmup,
+        "passes": sizes.eval_passes,
+    }

@@ -19,9 +19,16 @@ One run on one device measures, on the real unlabeled micrographs of a dataset c
   images.
 - ``finetune_steps_per_s``: optimizer steps/s of few-shot fine-tuning at 1, 4 and 16 shots through
   the fine-tuning step (``bench.finetune.train.TrainStep``).
+- ``eval_images_per_s``: evaluation (``bench.finetune.inference.evaluate``) of validation/test
+  images at native resolution.
 - ``finetune_epochs_per_s_aggregate``: N concurrent seed-style 1-shot fine-tunes (one process
   each; an epoch = one full-batch train step on the shot resized to 256² + predicting 8 validation
   images at 256²), total epochs/s summed over the processes, per N.
+- ``precision_compare``: the ceiling, every engine, fine-tuning and evaluation measured at fp32
+  and at bf16 (autocast + channels_last) in the same run, interleaved measurement by measurement
+  (``{"fp32": {...}, "bf16": {...}}``), and ``precision_ratios`` = bf16 ÷ fp32. The other figures
+  are those of ``--precision`` (auto: bf16 where the device has it, ``bench.core.precision``);
+  the seed loop is fp32, as the seed code.
 
 Warm-up steps are never timed; on CUDA the clock is read between ``torch.cuda.synchronize()``
 calls. A figure that could not be measured is ``null`` with the reason beside it — never estimated.
@@ -42,13 +49,14 @@ import torch
 
 from bench.core.devices import cpu_count, describe_device
 from bench.core.errors import BenchError
+from bench.core.precision import Precision, resolve_precision
 from bench.core.provenance import collect_versions, git_commit
 from bench.data.cards import load_card
 from bench.data.pool import load_pool, pool_files
 from bench.data.protocol import partition
 from bench.data.sources import load_labeled
 from bench.perf.concurrent import measure_aggregate
-from bench.perf.measure import measure_ceiling, measure_engine, measure_finetune
+from bench.perf.measure import measure_ceiling, measure_engine, measure_eval, measure_finetune
 from bench.perf.probes import release
 from bench.perf.seedloop import seed_loop_view_passes_per_s, seed_workers
 from bench.perf.sizes import PerfSizes, sizes_for
@@ -69,6 +77,8 @@ class PerfOptions:
     methods: list[str] | None = None
     """SSL method names (None: every registered SSL method)."""
     compile: str = "auto"
+    precision: str = "auto"
+    """The precision of the main figures; ``precision_compare`` always measures fp32 and bf16."""
     threads: int | None = None
     dataset: str = "metaldam"
     command: str = "python -m bench perf"
@@ -83,6 +93,16 @@ def ssl_method_names(selected: list[str] | None = None) -> list[str]:
         if get_method(name).kind != "ssl":
             raise BenchError(f"'{name}' is not an SSL method (perf times pretraining methods)")
     return list(selected)
+
+
+def compared_precisions(device: torch.device) -> tuple[list[Precision], list[str]]:
+    """fp32 and bf16 on ``device`` (bf16 left out, with a note, where the device cannot run it)."""
+    precisions = [resolve_precision("fp32", device)]
+    try:
+        precisions.append(resolve_precision("bf16", device))
+        return precisions, []
+    except BenchError as exc:
+        return precisions, [f"bf16 not measured: {exc}"]
 
 
 def run_perf(opts: PerfOptions) -> dict[str, Any]:
@@ -103,10 +123,17 @@ def run_perf(opts: PerfOptions) -> dict[str, Any]:
     part = partition(card, opts.data_root)
     shots = load_labeled(card, opts.data_root, part.pool[: max(sizes.ft_shots, default=1)])
     val_stems = (part.val + part.test)[: sizes.agg_val_images]
-    notes: list[str] = []
+    eval_images = load_labeled(card, opts.data_root, (part.val + part.test)[: sizes.eval_images])
+    main = resolve_precision(opts.precision, device)
+    precisions, notes = compared_precisions(device)
+    if main.name not in {p.name for p in precisions}:
+        precisions.append(main)
+    at: dict[str, dict[str, Any]] = {p.name: {"methods": {}} for p in precisions}
 
     log(f"ceiling: synthetic ResNet-50, batch {sizes.ceiling_batch} at {sizes.ceiling_size}²")
-    ceiling = measure_ceiling(device, sizes)
+    for p in precisions:
+        at[p.name]["ceiling"] = measure_ceiling(device, sizes, p)
+    ceiling = at[main.name]["ceiling"]
     ceiling_rate = ceiling["imgs_per_s"]
 
     log(f"seed loop: MatSSL seed-style, batch {sizes.batch} at {sizes.view_size}²")
@@ -145,17 +172,9 @@ def run_perf(opts: PerfOptions) -> dict[str, Any]:
             compile=opts.compile,
             shots=shots[:1] if method_cls.uses_labels else [],
         )
-        try:
-            entry = measure_engine(method_cls, ctx, pool, sizes, opts.compile)
-        except Exception as exc:  # one broken method must not hide the others
-            entry = {
-                "view_passes_per_s": None,
-                "peak_mem_gb": None,
-                "peak_rss_delta_gb": None,
-                "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(limit=3),
-            }
-            release(device)
+        for p in precisions:
+            at[p.name]["methods"][name] = _engine_entry(method_cls, ctx, pool, sizes, opts, p)
+        entry = at[main.name]["methods"][name]
         rate = entry["view_passes_per_s"]
         entry["ratio_to_ceiling"] = rate / ceiling_rate if rate else None
         entry["ratio_to_seed"] = rate / seed_rate if rate and seed_rate else None
@@ -167,15 +186,22 @@ def run_perf(opts: PerfOptions) -> dict[str, Any]:
         f"fine-tuning: {sizes.ft_arch}/{sizes.ft_encoder} at {sizes.ft_crop}², shots "
         f"{', '.join(map(str, sizes.ft_shots))}"
     )
-    finetune = measure_finetune(
-        card, shots, device, sizes, get_profile(opts.profile).finetune, opts.compile
-    )
+    for p in precisions:
+        at[p.name]["finetune"] = measure_finetune(
+            card, shots, device, sizes, get_profile(opts.profile).finetune, p, opts.compile
+        )
+    finetune = at[main.name]["finetune"]
+
+    log(f"evaluation: {len(eval_images)} images at native resolution")
+    for p in precisions:
+        at[p.name]["eval"] = _eval_entry(card, eval_images, device, sizes, p)
 
     log(f"concurrent 1-shot fine-tunes: N = {', '.join(map(str, sizes.agg_procs))}")
     total_threads = threads if device.type == "cpu" else cpu_count()
     aggregate = measure_aggregate(
-        card, opts.data_root, shots[0].stem, val_stems, device, sizes, total_threads
+        card, opts.data_root, shots[0].stem, val_stems, device, sizes, total_threads, main
     )
+    compare = {p.name: _compare_entry(at[p.name]) for p in precisions if p.name in PAIR}
 
     cuda = device.type == "cuda"
     record: dict[str, Any] = {
@@ -203,6 +229,8 @@ def run_perf(opts: PerfOptions) -> dict[str, Any]:
         if cuda
         else None,
         "compile": opts.compile,
+        "precision": main.name,
+        "precision_reason": main.reason,
         "ceiling_imgs_per_s": ceiling_rate,
         "ceiling": ceiling,
         "methods": methods,
@@ -229,6 +257,10 @@ def run_perf(opts: PerfOptions) -> dict[str, Any]:
         },
         "finetune_steps_per_s": {k: v["steps_per_s"] for k, v in finetune["per_shots"].items()},
         "finetune": finetune,
+        "eval_images_per_s": at[main.name]["eval"]["images_per_s"],
+        "eval": at[main.name]["eval"],
+        "precision_compare": compare,
+        "precision_ratios": _ratios(compare),
         "finetune_epochs_per_s_aggregate": aggregate["per_n"],
         "aggregate": aggregate,
         "ratios": {
@@ -241,6 +273,79 @@ def run_perf(opts: PerfOptions) -> dict[str, Any]:
     record["versions"] = collect_versions()
     record["git_commit"] = git_commit()
     return record
+
+
+PAIR = ("fp32", "bf16")
+
+
+def _engine_entry(
+    method_cls: type,
+    ctx: EncoderContext,
+    pool: ImagePool,
+    sizes: PerfSizes,
+    opts: PerfOptions,
+    precision: Precision,
+) -> dict[str, Any]:
+    ctx = dataclasses.replace(ctx, precision=precision.name)
+    try:
+        return measure_engine(method_cls, ctx, pool, sizes, opts.compile, precision)
+    except Exception as exc:  # one broken method must not hide the others
+        release(ctx.device)
+        return {
+            "view_passes_per_s": None,
+            "peak_mem_gb": None,
+            "peak_rss_delta_gb": None,
+            "precision": precision.name,
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=3),
+        }
+
+
+def _eval_entry(
+    card, images: list, device: torch.device, sizes: PerfSizes, precision: Precision
+) -> dict[str, Any]:
+    try:
+        return measure_eval(card, images, device, sizes, precision)
+    except Exception as exc:  # recorded, the other figures still stand
+        release(device)
+        return {"images_per_s": None, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _compare_entry(at: dict[str, Any]) -> dict[str, Any]:
+    """The figures ``precision_compare`` keeps for one precision."""
+    return {
+        "ceiling_imgs_per_s": at["ceiling"]["imgs_per_s"],
+        "methods": {
+            name: {"view_passes_per_s": e["view_passes_per_s"]} for name, e in at["methods"].items()
+        },
+        "finetune_steps_per_s": {
+            k: v["steps_per_s"] for k, v in at["finetune"]["per_shots"].items()
+        },
+        "eval_images_per_s": at["eval"]["images_per_s"],
+    }
+
+
+def _ratio(bf16: float | None, fp32: float | None) -> float | None:
+    return bf16 / fp32 if bf16 and fp32 else None
+
+
+def _ratios(compare: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """bf16 ÷ fp32 of every figure in ``precision_compare`` (None without both)."""
+    if set(compare) != set(PAIR):
+        return None
+    low, full = compare["bf16"], compare["fp32"]
+    return {
+        "ceiling_imgs_per_s": _ratio(low["ceiling_imgs_per_s"], full["ceiling_imgs_per_s"]),
+        "methods": {
+            m: _ratio(e["view_passes_per_s"], full["methods"][m]["view_passes_per_s"])
+            for m, e in low["methods"].items()
+        },
+        "finetune_steps_per_s": {
+            k: _ratio(v, full["finetune_steps_per_s"][k])
+            for k, v in low["finetune_steps_per_s"].items()
+        },
+        "eval_images_per_s": _ratio(low["eval_images_per_s"], full["eval_images_per_s"]),
+    }
 
 
 def _standard_notes(device: torch.device, sizes: PerfSizes) -> list[str]:

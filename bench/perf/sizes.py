@@ -38,6 +38,10 @@ class PerfSizes:
     ft_shots: tuple[int, ...] = (1, 4, 16)
     ft_warmup: int = 3
     ft_steps: int = 20
+    # evaluation (bench.finetune.inference.evaluate, native resolution)
+    eval_images: int = 8
+    eval_warmup: int = 1
+    eval_passes: int = 3
     # concurrent seed-style fine-tunes
     agg_procs: tuple[int, ...] = (1, 4, 8)
     agg_size: int = 256
@@ -68,6 +72,8 @@ def sizes_for(profile: str, device: torch.device) -> PerfSizes:
             ft_crop=128,
             ft_warmup=1,
             ft_steps=5,
+            eval_images=2,
+            eval_passes=1,
             agg_procs=procs,
             agg_warmup=1,
             agg_seconds=6.0,

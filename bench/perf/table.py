@@ -23,7 +23,7 @@ def render_table(record: dict[str, Any]):
         caption=f"SSL: {sizes['ssl_encoder']}, batch {record['batch']}, "
         f"{record['view_size']}² views, {record['steps']} timed steps after "
         f"{record['warmup_steps']} warm-up; {record['torch_threads']} torch "
-        f"thread(s); command: {record['command']}",
+        f"thread(s); precision {record['precision']}; command: {record['command']}",
     )
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -73,6 +73,18 @@ def render_table(record: dict[str, Any]):
             how,
         )
     ft = record["finetune"]
+    evaluation = record["eval"]
+    table.add_row(
+        "evaluation",
+        _fmt(evaluation["images_per_s"], 2),
+        "images/s",
+        "",
+        "",
+        "",
+        evaluation.get("error")
+        or f"{evaluation['arch']}/{evaluation['encoder']}, native "
+        f"{'×'.join(map(str, evaluation['image_shape'] or []))}",
+    )
     for shots, entry in ft["per_shots"].items():
         table.add_row(
             f"fine-tune {shots}-shot",
@@ -98,4 +110,57 @@ def render_table(record: dict[str, Any]):
             or f"{agg['arch']}/{agg['encoder']}, "
             f"{detail.get('threads_per_process')} thread(s)/process",
         )
+    return table
+
+
+def render_precision_table(record: dict[str, Any]):
+    """fp32 against bf16 (``precision_compare``), with the ratio; None without both."""
+    from rich.table import Table
+
+    compare, ratios = record.get("precision_compare") or {}, record.get("precision_ratios")
+    if ratios is None:
+        return None
+    full, low = compare["fp32"], compare["bf16"]
+    table = Table(
+        title="precision: fp32 against bf16 autocast + channels_last, same run",
+        caption=f"other figures above at {record['precision']} ({record['precision_reason']})",
+    )
+    for name, justify in (("measure", "left"), ("unit", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for name in ("fp32", "bf16", "bf16 ÷ fp32"):
+        table.add_column(name, justify="right")
+
+    def row(label: str, unit: str, a: float | None, b: float | None, r: float | None) -> None:
+        table.add_row(label, unit, _fmt(a, 2), _fmt(b, 2), _fmt(r, 2))
+
+    row(
+        "ceiling: ResNet-50 classifier",
+        "img/s",
+        full["ceiling_imgs_per_s"],
+        low["ceiling_imgs_per_s"],
+        ratios["ceiling_imgs_per_s"],
+    )
+    for name, entry in full["methods"].items():
+        row(
+            f"engine: {name}",
+            "view-passes/s",
+            entry["view_passes_per_s"],
+            low["methods"][name]["view_passes_per_s"],
+            ratios["methods"][name],
+        )
+    for shots, value in full["finetune_steps_per_s"].items():
+        row(
+            f"fine-tune {shots}-shot",
+            "steps/s",
+            value,
+            low["finetune_steps_per_s"][shots],
+            ratios["finetune_steps_per_s"][shots],
+        )
+    row(
+        "evaluation, native resolution",
+        "images/s",
+        full["eval_images_per_s"],
+        low["eval_images_per_s"],
+        ratios["eval_images_per_s"],
+    )
     return table

@@ -8,12 +8,15 @@ method's pretrained encoder (and decoder, for methods that pretrain it), cached.
 - The budget is ``steps`` optimizer steps of ``batch_size`` pool images, whatever the pool size. A
   batch holds distinct images when the pool allows; a smaller pool is repeated evenly, and the
   contrastive losses leave same-image pairs out of the denominator (``bench.ssl.losses``).
-- Optimizer and warmup + cosine schedule from the method's engine settings; bf16 autocast and
-  channels_last on CUDA; optional gradient clipping; a NaN loss stops the run (``PretrainFailed``).
+- Optimizer and warmup + cosine schedule from the method's engine settings; the run's precision
+  (``bench.core.precision``: bf16 autocast + channels_last, or fp32) around the step's forward
+  passes, the loss returned in fp32 (the contrastive similarities are fp32 matmuls,
+  ``bench.ssl.losses``); optional gradient clipping; a NaN loss stops the run (``PretrainFailed``).
 - A resume checkpoint is written at most every ``CHECKPOINT_SECONDS`` (read back with
   ``weights_only=True``; an unreadable one is moved aside and the pretraining starts over).
 - Results are cached (``bench.ssl.cache``) under a hash of the pretraining config and the compute
-  it runs on (``compute_fingerprint``: device type and, on CPU, the thread count); entries are
+  it runs on (``compute_fingerprint``: device type, resolved precision and, on CPU, the thread
+  count); entries are
   published atomically and verified before use; concurrent processes wait on a file lock instead
   of computing one pretraining twice.
 """
@@ -34,6 +37,7 @@ import torch
 from bench.core.compile import should_compile
 from bench.core.console import progress
 from bench.core.errors import BenchError
+from bench.core.precision import Precision, resolve_precision
 from bench.core.provenance import collect_versions, config_hash
 from bench.core.schedules import SCHEDULES, warmup_then
 from bench.data.pool import load_pool, pool_members
@@ -86,7 +90,7 @@ def encoder_for(method: Method, ctx: EncoderContext) -> EncoderOutcome:
                 "pretrain_loss_every": result.loss_every,
                 "pretrain_cached": result.cached,
                 "pretrain_folder": str(result.folder),
-                "pretrain_compute": compute_fingerprint(ctx.device),
+                "pretrain_compute": compute_fingerprint(ctx.device, ctx.precision),
                 "pretrained_parts": list(result.weights.parts),
             },
         )
@@ -96,19 +100,22 @@ def encoder_for(method: Method, ctx: EncoderContext) -> EncoderOutcome:
     raise TypeError(f"method '{method.name}' is neither a Baseline nor an SSLMethod")
 
 
-def compute_fingerprint(device: torch.device) -> dict[str, Any]:
-    """What besides the config changes a pretraining's result: the device type, and on CPU the
-    number of threads. CPU kernels reduce in a thread-dependent order; the last-bit differences
-    grow during training (measured: 20 MatSSL steps, ResNet-18, 16 × 96² views: final loss 3.367
-    with 1 thread, 3.243 with 2; two runs with 1 thread are bit-identical)."""
+def compute_fingerprint(device: torch.device, precision: str = "fp32") -> dict[str, Any]:
+    """What besides the config changes a pretraining's result: the device type, the resolved
+    precision (``fp32``/``bf16``; ``auto`` is resolved first, so a bf16 machine and an fp32 one
+    never share an entry), and on CPU the number of threads. CPU kernels reduce in a
+    thread-dependent order; the last-bit differences grow during training (measured: 20 MatSSL
+    steps, ResNet-18, 16 × 96² views: final loss 3.367 with 1 thread, 3.243 with 2; two runs with
+    1 thread are bit-identical)."""
+    resolved = resolve_precision(precision, device).name
     if device.type == "cpu":
-        return {"device": "cpu", "threads": torch.get_num_threads()}
-    return {"device": device.type}
+        return {"device": "cpu", "precision": resolved, "threads": torch.get_num_threads()}
+    return {"device": device.type, "precision": resolved}
 
 
 def cache_entry(method: SSLMethod, ctx: EncoderContext) -> CacheEntry:
     config = method.pretrain_config(ctx)
-    compute = compute_fingerprint(ctx.device)
+    compute = compute_fingerprint(ctx.device, ctx.precision)
     digest = config_hash({"config": config, "compute": compute})
     expected = Expected(digest, config, compute, ctx.encoder)
     return CacheEntry(ctx.cache_dir / "pretrain", f"{method.name}-{digest}", expected)
@@ -164,9 +171,9 @@ def _setup(method: SSLMethod, ctx: EncoderContext, cfg: PretrainConfig) -> _Trai
     initial = initial_encoder_state(ctx.encoder, ctx.init)
     if initial is not None:
         load_strict(encoder, initial, f"{ctx.encoder} encoder")
-    model = method.build_model(encoder, ctx, cfg).to(ctx.device)
-    if ctx.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = resolve_precision(ctx.precision, ctx.device).model(
+        method.build_model(encoder, ctx, cfg).to(ctx.device)
+    )
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_then(cfg.schedule, cfg.warmup_steps, cfg.steps)
@@ -205,7 +212,9 @@ def _train(method: SSLMethod, ctx: EncoderContext, entry: CacheEntry) -> Pretrai
     start = _resume(work, run, losses)
     if start < 0:  # refused checkpoint: start over from a fresh model
         run, start = _setup(method, ctx, cfg), 0
-    step_fn = compiled_step(run.model, ctx.compile, cfg.steps)
+    step_fn = compiled_step(
+        run.model, ctx.compile, cfg.steps, resolve_precision(ctx.precision, ctx.device)
+    )
     views = run.model.view_passes(cfg.batch_size)
     saved = time.perf_counter()
     with progress("loss", "speed") as bar:
@@ -305,15 +314,16 @@ def compile_target(model, mode: str, total_steps: int, device: torch.device) -> 
     return "whole step" if model.compile_whole_step else "encoder"
 
 
-def compiled_step(model, mode: str, total_steps: int):
-    """The loss function of one step, under bf16 autocast on CUDA, optionally torch.compile'd.
+def compiled_step(model, mode: str, total_steps: int, precision: Precision | None = None):
+    """The loss function of one step under ``precision`` (default fp32; bf16: autocast, the model
+    already in channels_last), the loss cast to fp32; optionally torch.compile'd.
 
     What compiles is ``compile_target`` (the rule is ``bench.core.compile.should_compile`` for the
     pretraining stage). Compiled kernels are cached on disk by the compiler
     (``TORCHINDUCTOR_CACHE_DIR``), so later runs and sweep workers reuse them.
     """
     device = next(model.parameters()).device
-    is_cuda = device.type == "cuda"
+    precision = precision or resolve_precision("fp32", device)
     target = compile_target(model, mode, total_steps, device)
     loss_fn = model.training_loss
     if target == "whole step":
@@ -323,10 +333,9 @@ def compiled_step(model, mode: str, total_steps: int):
 
     def step(pool, index, generator):
         model.train()
-        if is_cuda:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return loss_fn(pool, index, generator).float()
-        return loss_fn(pool, index, generator)
+        with precision.autocast():
+            loss = loss_fn(pool, index, generator)
+        return loss.float()
 
     return step
 

@@ -5,12 +5,17 @@ and a queue of past keys holds keys of the query's own image. Both losses take t
 every row and leave same-image pairs out of the denominator: such a pair is neither a positive nor
 a negative (the mechanism: mask, not cap the batch, so the batch size, BatchNorm statistics and
 cost per step stay the same on every dataset). With distinct ids they are the usual losses.
+
+Under bf16 autocast the similarity logits are still float32 (``fp32_matmul``): a bf16 cosine is
+good to ~3 digits, and divided by a temperature of 0.07 that error would reach the softmax.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from bench.core.precision import fp32_matmul
 
 
 def nt_xent(
@@ -21,7 +26,7 @@ def nt_xent(
     equals lightly's ``NTXentLoss``)."""
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)
-    logits = (z @ z.T).float() / temperature
+    logits = fp32_matmul(z, z.T) / temperature
     both = torch.arange(n, device=z.device) if ids is None else ids.to(z.device)
     both = torch.cat([both, both])
     rows = torch.arange(2 * n, device=z.device)
@@ -45,12 +50,12 @@ def queue_info_nce(
     ``q``, ``k``, ``queue``: L2-normalised. ``q`` may be ``B×N×D`` (dense: every cell of image b
     shares ``ids[b]``) with ``k`` its matched positives of the same shape.
     """
-    pos = (q * k).sum(dim=-1, keepdim=True)
-    neg = q @ queue.to(q.dtype).T
+    pos = (q.float() * k.float()).sum(dim=-1, keepdim=True)
+    neg = fp32_matmul(q, queue.T)
     same = (ids[:, None] == queue_ids[None, :]).to(q.device)
     if q.dim() == 3:
         same = same[:, None, :].expand(-1, q.shape[1], -1)
-    logits = torch.cat([pos, neg.masked_fill(same, -torch.inf)], dim=-1).float() / temperature
+    logits = torch.cat([pos, neg.masked_fill(same, -torch.inf)], dim=-1) / temperature
     logits = logits.flatten(0, -2)
     labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     return F.cross_entropy(logits, labels)

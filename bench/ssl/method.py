@@ -45,6 +45,8 @@ class EncoderContext:
     pool: str = "honest"
     """The SSL pool mode (``bench.data.pool``): ``honest`` leaves out near-duplicates of the split's
     validation and test images; ``transductive`` keeps them."""
+    precision: str = "fp32"
+    """``--precision`` of the run (``bench.core.precision``): the pretraining's forward passes."""
     pool_names: tuple[str, ...] = ()
     """Set by the engine: what each pool image is (a split's stem, or ``unlabeled/<file>``), so
     methods can tell a shot that is also a pool image and size queues to the pool."""

@@ -364,6 +364,7 @@ class WorkerOptions:
     cache_dir: str | None = None
     device: str = "auto"
     compile: str = "off"
+    precision: str = "auto"
     heartbeat: int | None = None
     grace: int | None = None
     wait: bool = True
@@ -380,6 +381,8 @@ class WorkerOptions:
             self.device,
             "--compile",
             self.compile,
+            "--precision",
+            self.precision,
         ]
         for flag, value in (
             ("--heartbeat", self.heartbeat),
@@ -454,7 +457,15 @@ def run_worker(
     from bench.runner import make_env
     from bench.sweeps.sweep import interrupted_runs_hook, sweep_objective
 
-    env = make_env(opts.data_root, opts.store, opts.device, opts.cache_dir, False, opts.compile)
+    env = make_env(
+        opts.data_root,
+        opts.store,
+        opts.device,
+        opts.cache_dir,
+        False,
+        opts.compile,
+        precision=opts.precision,
+    )
     recorded = study.user_attrs.get("store")
     if recorded and recorded != mask_password(opts.store):
         warn(

@@ -1,4 +1,5 @@
-"""``bench perf``: the JSON of a tiny run, the engine step's compile modes, the seed loop."""
+"""``bench perf``: the JSON of a tiny run (both precisions side by side), the engine step's compile
+modes, the seed loop."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from segmentation_models_pytorch.encoders import get_encoder
 
+from bench.core.precision import resolve_precision
 from bench.data.cards import load_card
 from bench.data.pool import pool_files
 from bench.perf import run as perf_run
@@ -41,6 +43,9 @@ TINY = PerfSizes(
     ft_shots=(1, 4, 16),
     ft_warmup=1,
     ft_steps=1,
+    eval_images=1,
+    eval_warmup=0,
+    eval_passes=1,
     agg_procs=(1,),
     agg_size=64,
     agg_val_images=2,
@@ -64,6 +69,10 @@ REQUIRED = (
     "finetune_steps_per_s",
     "finetune_epochs_per_s_aggregate",
     "ratios",
+    "eval_images_per_s",
+    "precision",
+    "precision_compare",
+    "precision_ratios",
 )
 METHOD_KEYS = ("view_passes_per_s", "peak_mem_gb", "ratio_to_ceiling", "ratio_to_seed")
 
@@ -89,7 +98,9 @@ def test_a_tiny_perf_run_writes_every_key(cli, shared_data, tmp_path, monkeypatc
     assert files[0].stem.endswith(record["date"])
     assert record["command"].startswith("python -m bench perf --device cpu --profile smoke")
     assert (record["batch"], record["view_size"], record["steps"]) == (4, 32, 1)
-    assert record["ceiling"]["mode"] == "fp32 eager"
+    assert record["precision"] == resolve_precision("auto", torch.device("cpu")).name
+    mode = "bf16 autocast + channels_last" if record["precision"] == "bf16" else "fp32"
+    assert record["ceiling"]["mode"] == f"{mode} eager"
 
     ssl = {m.name for m in all_methods() if m.kind == "ssl"}
     assert set(record["methods"]) == ssl
@@ -116,8 +127,37 @@ def test_a_tiny_perf_run_writes_every_key(cli, shared_data, tmp_path, monkeypatc
     assert ratios["engine_over_seed_matssl"] == record["methods"]["matssl"]["ratio_to_seed"]
     assert set(ratios["engine_over_ceiling"]) == ssl
     assert record["cuda"] is None
-    # The table is printed at the end.
+    assert _positive(record["eval_images_per_s"])
+
+    compare = record["precision_compare"]
+    assert set(compare) == {"fp32", "bf16"}
+    for figures in compare.values():
+        assert set(figures) == {
+            "ceiling_imgs_per_s",
+            "methods",
+            "finetune_steps_per_s",
+            "eval_images_per_s",
+        }
+        assert set(figures["methods"]) == ssl
+        assert all(set(e) == {"view_passes_per_s"} for e in figures["methods"].values())
+        assert set(figures["finetune_steps_per_s"]) == {"1", "4", "16"}
+        assert _positive(figures["ceiling_imgs_per_s"]) and _positive(figures["eval_images_per_s"])
+        assert all(_positive(e["view_passes_per_s"]) for e in figures["methods"].values())
+    # The main figures are those of the resolved precision; the ratios divide bf16 by fp32.
+    main = compare[record["precision"]]
+    assert main["ceiling_imgs_per_s"] == record["ceiling_imgs_per_s"]
+    assert (
+        main["methods"]["simclr"]["view_passes_per_s"]
+        == (record["methods"]["simclr"]["view_passes_per_s"])
+    )
+    ratios = record["precision_ratios"]
+    assert ratios["eval_images_per_s"] == pytest.approx(
+        compare["bf16"]["eval_images_per_s"] / compare["fp32"]["eval_images_per_s"]
+    )
+    assert set(ratios["methods"]) == ssl
+    # The tables are printed at the end.
     assert "engine: matssl" in stdout and "seed loop" in stdout and "wrote" in stdout
+    assert "bf16 ÷ fp32" in stdout and "evaluation, native resolution" in stdout
 
 
 def test_perf_refuses_a_method_that_does_not_pretrain(cli, tmp_path):

@@ -67,13 +67,29 @@ def test_the_thread_count_is_part_of_the_cache_key(tmp_path):
     try:
         torch.set_num_threads(1)
         one = pretrain.cache_folder(_method(), ctx)
-        assert pretrain.compute_fingerprint(ctx.device) == {"device": "cpu", "threads": 1}
+        assert pretrain.compute_fingerprint(ctx.device) == {
+            "device": "cpu",
+            "precision": "fp32",
+            "threads": 1,
+        }
         torch.set_num_threads(2)
         two = pretrain.cache_folder(_method(), ctx)
     finally:
         torch.set_num_threads(before)
     assert one != two
-    assert pretrain.compute_fingerprint(torch.device("cuda")) == {"device": "cuda"}
+    assert pretrain.compute_fingerprint(torch.device("cuda")) == {
+        "device": "cuda",
+        "precision": "fp32",
+    }
+
+
+def test_the_precision_is_part_of_the_cache_key(tmp_path):
+    """fp32 and bf16 pretrainings are cached apart, under the resolved precision."""
+    ctx = synthetic_context(tmp_path)
+    fp32 = pretrain.cache_folder(_method(), ctx)
+    bf16 = pretrain.cache_folder(_method(), dataclasses.replace(ctx, precision="bf16"))
+    assert fp32 != bf16
+    assert pretrain.compute_fingerprint(ctx.device, "bf16")["precision"] == "bf16"
 
 
 def test_resume_continues_from_the_saved_step(tmp_path, monkeypatch):
