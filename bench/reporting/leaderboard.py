@@ -170,9 +170,7 @@ def with_split_groups(metrics: pd.DataFrame, aggregate_splits: bool) -> pd.DataF
     """``split_group``: the split, or with ``aggregate_splits`` all of a dataset's splits."""
     if not aggregate_splits:
         return metrics.assign(split_group=metrics["split"])
-    joined = metrics.groupby("dataset")["split"].transform(
-        lambda s: "+".join(sorted(pd.unique(s)))
-    )
+    joined = metrics.groupby("dataset")["split"].transform(lambda s: "+".join(sorted(pd.unique(s))))
     return metrics.assign(split_group=joined)
 
 
@@ -265,7 +263,7 @@ def _section(
     metric_name = METRIC_NAMES.get(_metric(card, protocol), "score")
     multi = len({mode for _, mode in columns}) > 1
     scores = _score_table(protocol, metric_name, labels, columns, means, multi)
-    base = {
+    base: dict[str, object] = {
         "dataset": dataset,
         "split": split,
         "pool": pool,
@@ -349,8 +347,10 @@ def _section(
 
 def _columns(score: pd.DataFrame) -> list[Column]:
     """(shots, mode) pairs present: shots ascending, fine-tune before probe at each."""
-    modes = sorted(pd.unique(score["mode"]), key=lambda m: (m not in MODES, list(MODES).index(m)
-                                                             if m in MODES else 0, m))
+    modes = sorted(
+        pd.unique(score["mode"]),
+        key=lambda m: (m not in MODES, list(MODES).index(m) if m in MODES else 0, m),
+    )
     present = set(zip(score.shots_label, score["mode"], strict=True))
     return [(s, m) for s in shots_order(score.shots_label) for m in modes if (s, m) in present]
 
@@ -507,7 +507,9 @@ def _ci_table(
         if past_bound
         else ""
     )
-    return DisplayTable("ci", "95% confidence interval of the mean (Student t), %", cells, note=note)
+    return DisplayTable(
+        "ci", "95% confidence interval of the mean (Student t), %", cells, note=note
+    )
 
 
 def _optimism_table(
@@ -599,7 +601,9 @@ def _per_class_table(
         for label in labels
         if any((label, *col) in est for est in per_class.values())
     ]
-    index = pd.Index([f"{r[0]}, {_header((r[1], r[2]), multi)}" for r in rows], name="method, shots")
+    index = pd.Index(
+        [f"{r[0]}, {_header((r[1], r[2]), multi)}" for r in rows], name="method, shots"
+    )
     headers = [names[c] for c in per_class]
     cells = pd.DataFrame(MISSING, index=index, columns=headers, dtype=object)
     found = pd.DataFrame(None, index=index, columns=headers, dtype=object)

@@ -174,9 +174,7 @@ def paired_comparison(
     )
     diffs = np.round((ours.loc[common] - theirs.loc[common]).to_numpy(dtype=float), DIFF_DECIMALS)
     names = list(ours.index.names)
-    labels = tuple(
-        f"{key[names.index('split')]}/draw {key[names.index('draw')]}" for key in common
-    )
+    labels = tuple(f"{key[names.index('split')]}/draw {key[names.index('draw')]}" for key in common)
     enough = diffs.size >= MIN_PAIRS
     low, high = t_interval(diffs, confidence) if enough else (math.nan, math.nan)
     boot = (
@@ -233,9 +231,7 @@ def sign_flip_floor(diffs: np.ndarray | Sequence[float]) -> float:
     return min(1.0, 2.0 / 2.0**nonzero)
 
 
-def min_detectable_effect(
-    diffs: np.ndarray, alpha: float = ALPHA, power: float = POWER
-) -> float:
+def min_detectable_effect(diffs: np.ndarray, alpha: float = ALPHA, power: float = POWER) -> float:
     """Smallest |mean difference| a two-sided paired t-test at ``alpha`` detects with ``power``.
 
     Uses the observed standard deviation of ``diffs`` and the noncentral t distribution; NaN for

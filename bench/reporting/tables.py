@@ -1,7 +1,8 @@
 """Formatted tables and their renderings: Markdown, LaTeX (booktabs), HTML and rich.
 
 A ``DisplayTable`` holds display strings (``cells``: rows × columns, the index names the rows) and
-a mask of cells to emphasise (a column's best mean where it is separated from the runner-up): bold in Markdown, LaTeX and HTML, ★ in
+a mask of cells to emphasise (a column's best mean, where it is separated from the
+runner-up): bold in Markdown, LaTeX and HTML, ★ in
 the terminal. Literature rows live in their own tables (``reported=True``), styled apart.
 """
 

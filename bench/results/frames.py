@@ -17,9 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from bench.data.cards import DatasetCard, load_card
 from bench.core.errors import BenchError
 from bench.core.urls import mask_password
+from bench.data.cards import DatasetCard, load_card
 from bench.results.store import ResultStore
 
 # Config entries that make runs different rows; the rest (seed, draw, shots...) vary per replicate.

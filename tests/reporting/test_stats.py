@@ -127,7 +127,9 @@ def enumerated_p(diffs: list[float]) -> float:
     units = [round(d * 1e6) for d in diffs]
     observed = abs(sum(units))
     patterns = list(itertools.product((1, -1), repeat=len(units)))
-    hits = sum(abs(sum(s * u for s, u in zip(signs, units))) >= observed for signs in patterns)
+    hits = sum(
+        abs(sum(s * u for s, u in zip(signs, units, strict=True))) >= observed for signs in patterns
+    )
     return hits / len(patterns)
 
 
@@ -210,7 +212,9 @@ def coverage(
     x = rng.normal(size=(reps, n))
     half = sps.t.ppf(0.975, n - 1) * x.std(axis=1, ddof=1) / math.sqrt(n)
     t_hits = np.abs(x.mean(axis=1)) <= half
-    boot = np.array([bootstrap_mean_ci(row, resamples=resamples, seed=i) for i, row in enumerate(x)])
+    boot = np.array(
+        [bootstrap_mean_ci(row, resamples=resamples, seed=i) for i, row in enumerate(x)]
+    )
     boot_hits = (boot[:, 0] <= 0) & (boot[:, 1] >= 0)
     return float(t_hits.mean()), float(boot_hits.mean())
 

@@ -7,12 +7,11 @@ import math
 import pandas as pd
 
 from bench.reporting.stats import estimate
-
 from bench.reporting.tables import (
     DisplayTable,
-    separated_best,
     latex_escape,
     pct,
+    separated_best,
     to_html,
     to_latex,
     to_markdown,
