@@ -56,7 +56,10 @@ class RunSpec:
     init: str | None = None
     seed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
+    """Method parameters; ``finetune.<field>`` keys are fine-tuning settings (as tuned)."""
     finetune: dict[str, Any] = field(default_factory=dict)
+    tuned: int | None = None
+    """Trials of the ``bench tune`` study the parameters come from (None: not tuned)."""
 
 
 @dataclass
@@ -119,8 +122,10 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
     """Resolve names, draw the shots and build the config whose hash identifies the run."""
     card = load_card(spec.dataset)
     profile = get_profile(spec.profile)
-    method = get_method(spec.method)(spec.params)
-    cfg = finetune_config(profile, **spec.finetune)
+    params = {k: v for k, v in spec.params.items() if not k.startswith("finetune.")}
+    tuned_finetune = _finetune_params(profile.finetune, spec.params)
+    method = get_method(spec.method)(params)
+    cfg = finetune_config(profile, **{**tuned_finetune, **spec.finetune})
     init = method.init_for(spec.init or profile.default_init)
     split = source_for(card, env.data_root).split_name(spec.split)
     data = env.split_data(card, split)
@@ -162,9 +167,28 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
         "finetune": dataclasses.asdict(cfg),
         "pretrain": method.pretrain_config(ctx),
     }
+    if spec.tuned:
+        config["tuned"] = spec.tuned
     return PreparedRun(
         spec, card, method, cfg, init, split, shots, data, ctx, config, config_hash(config)
     )
+
+
+def _finetune_params(base: FinetuneConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """The ``finetune.<field>`` entries of ``params``, typed like ``base``'s fields."""
+    out = {}
+    for key, value in params.items():
+        if not key.startswith("finetune."):
+            continue
+        name = key.removeprefix("finetune.")
+        if not hasattr(base, name):
+            raise BenchError(f"parameter {key}: fine-tuning has no setting '{name}'")
+        kind = type(getattr(base, name))
+        try:
+            out[name] = value if isinstance(value, kind) else kind(value)
+        except (TypeError, ValueError):
+            raise BenchError(f"parameter {key}={value!r} is not a valid {kind.__name__}") from None
+    return out
 
 
 def run_one(

@@ -91,15 +91,21 @@ def require_runs(results: Results, what: str) -> None:
 
 
 def variant_labels(runs: pd.DataFrame) -> pd.Series:
-    """Per run: the method name, plus ``key=value`` for settings that vary within its section."""
+    """Per run: the method name (``simclr · tuned 50`` when its parameters come from a 50-trial
+    ``bench tune``), plus ``key=value`` for settings that vary within its section."""
+    tuned = runs["config"].map(lambda c: (c or {}).get("tuned"))
+    base = pd.Series(
+        [f"{m} · tuned {t}" if t else m for m, t in zip(runs["method"], tuned, strict=True)],
+        index=runs.index,
+    )
     settings = runs["config"].map(_variant_settings)
-    labels = runs["method"].copy()
-    for _, group in runs.groupby(["method", *SECTION_KEYS], sort=False):
+    labels = base.copy()
+    for _, group in runs.assign(_base=base).groupby(["_base", *SECTION_KEYS], sort=False):
         varying = _varying_keys([settings[i] for i in group.index])
         if varying:
             for i in group.index:
                 shown = ", ".join(f"{k}={settings[i].get(k, '–')}" for k in varying)
-                labels[i] = f"{runs.at[i, 'method']} ({shown})"
+                labels[i] = f"{base[i]} ({shown})"
     return labels
 
 
