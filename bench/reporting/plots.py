@@ -355,10 +355,10 @@ def qualitative_plot(
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
     shots = chosen.iloc[0].shots_label
-    fig.suptitle(f"{dataset} ({profile}), {shots}-shot models, lowest draw per method")
+    fig.suptitle(f"{dataset} ({profile}), {shots_text(shots)}, lowest draw per method")
     return Plot(
         f"qualitative_{_slug(dataset)}_{_slug(profile)}",
-        f"Test predictions, {where}, {shots} shots",
+        f"Test predictions, {where}, {shots_text(shots)}",
         fig,
     ), None
 

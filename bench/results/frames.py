@@ -93,9 +93,9 @@ def require_runs(results: Results, what: str) -> None:
 def variant_labels(runs: pd.DataFrame) -> pd.Series:
     """Per run: the method name (``simclr · tuned 50`` when its parameters come from a 50-trial
     ``bench tune``), plus ``key=value`` for settings that vary within its section."""
-    tuned = runs["config"].map(lambda c: (c or {}).get("tuned"))
+    tuned = [(c or {}).get("tuned") for c in runs["config"]]
     base = pd.Series(
-        [f"{m} · tuned {t}" if t else m for m, t in zip(runs["method"], tuned, strict=True)],
+        [f"{m} · tuned {int(t)}" if t else m for m, t in zip(runs["method"], tuned, strict=True)],
         index=runs.index,
     )
     settings = runs["config"].map(_variant_settings)

@@ -30,6 +30,7 @@ def add_run(
     pool: str = "honest",
     modes: tuple[str, ...] = ("finetune",),
     images: list[str] | None = None,
+    tuned: int | None = None,
 ) -> int:
     """One succeeded run: ``score`` for every protocol (validation-selected), oracle = +gain.
 
@@ -49,6 +50,7 @@ def add_run(
         "finetune": {"steps": 4},
         "pretrain": None,
         "pool": pool,
+        **({"tuned": tuned} if tuned else {}),
     }
     n_shots = 8 if shots == "all" else int(shots)
     run_id = store.start_run(

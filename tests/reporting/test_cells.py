@@ -135,3 +135,13 @@ def test_a_separated_best_is_bold_and_a_bound_crossing_interval_is_flagged(tmp_p
     assert ci.cells.loc["simclr", "1 shot"].split(" (")[0].endswith("]†")  # runs below 0 %
     assert "not clipped" in ci.note
     assert bool(scores(board).query("method == 'byol'")["best"].item())
+
+
+def test_tuned_rows_are_marked(tmp_path: Path):
+    runs = [{"method": "scratch", "score": 0.3 + d / 100, "draw": d} for d in range(2)] + [
+        {"method": "simclr", "score": 0.5, "draw": d, "tuned": 50, "params": {"lr": 0.1}}
+        for d in range(2)
+    ]
+    board = board_of(tmp_path, runs)
+    assert list(board.sections[0].table("score").cells.index) == ["scratch", "simclr · tuned 50"]
+    assert "simclr · tuned 50" in set(scores(board).method)
