@@ -43,6 +43,7 @@ def print_outcomes(outcomes: list[RunOutcome]) -> None:
         table.add_row("mean ± std", "", "", "", "", *cells, style="bold")
     console.print(table)
     console.print(
-        "Scores in %. honest = mIoU over all classes at native resolution; "
-        "see README 'Protocol' for the paper protocols."
+        "Scores in %. val mIoU: the selected model on the validation images; honest = test "
+        "mIoU over all classes at native resolution; the paper protocols are in README, "
+        "'Metrics and named protocols'."
     )

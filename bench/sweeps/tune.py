@@ -422,6 +422,7 @@ def run_tuning(
     """Run trials until ``trials`` unfailed ones exist (a rerun tops the study up); returns how
     many this call ran. Safe with several processes on one study (see the module docstring)."""
     catch = trial_failures() if failures is None else failures
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its lines print bare fractions
     ran = 0
     while _unfailed(study) < trials:
         trial = study.ask()
@@ -435,24 +436,38 @@ def run_tuning(
         ran += 1
         try:
             value = objective(trial)
-        except optuna.TrialPruned:
+        except optuna.TrialPruned as exc:
             study.tell(trial, state=TrialState.PRUNED)
+            _log(f"trial {trial.number}: {exc} ({_shown(trial)})")
         except catch as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             study.tell(trial, state=TrialState.FAIL)
-            optuna.logging.get_logger("optuna").warning(
-                f"Trial {trial.number} failed ({type(exc).__name__}: {exc}); the study goes on"
-            )
+            _log(f"trial {trial.number} failed ({type(exc).__name__}: {exc}); the study goes on")
         except BaseException:
             study.tell(trial, state=TrialState.FAIL)
             raise
         else:
             if math.isfinite(value):
                 study.tell(trial, value)
+                _log(f"trial {trial.number}: {METRIC} {100 * value:.2f} % ({_shown(trial)})")
             else:  # a NaN validation score: failed, like a diverged run
                 trial.set_user_attr("error", f"objective value {value}")
                 study.tell(trial, state=TrialState.FAIL)
     return ran
+
+
+def _log(text: str) -> None:
+    from rich.markup import escape
+
+    from bench.core.console import console
+
+    console.print(escape(text), highlight=False, soft_wrap=True)
+
+
+def _shown(trial: optuna.Trial) -> str:
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
+    )
 
 
 def _unfailed(study: optuna.Study) -> int:
