@@ -389,7 +389,7 @@ def pretrain_loss_plot(runs: pd.DataFrame) -> Plot | None:
             )
         ax.set(title=f"{dataset} ({profile})", xlabel="pretraining step", ylabel="loss")
         ax.grid(alpha=0.3)
-    _legend(fig, shown)
+    _legend(fig, shown, "pretraining (method, split [cache key])")
     notes = [text for method, text in LOSS_NOTES.items() if method in set(losses.method)]
     if notes:
         fig.text(0.0, -0.02, " ".join(notes), fontsize="small", ha="left", va="top", wrap=True)
@@ -418,7 +418,7 @@ def _loss_name(run: object) -> str:
     return f"{label}, {split} [{(run.pretrain_hash or '')[:6]}]"
 
 
-def _legend(fig: Figure, handles: dict[str, Artist]) -> None:
+def _legend(fig: Figure, handles: dict[str, Artist], title: str = "method") -> None:
     """One legend for the figure, outside every panel (right of them)."""
     if handles:
         fig.legend(
@@ -426,7 +426,7 @@ def _legend(fig: Figure, handles: dict[str, Artist]) -> None:
             list(handles),
             loc="outside right upper",
             fontsize="small",
-            title="method",
+            title=title,
             title_fontsize="small",
         )
 

@@ -92,13 +92,10 @@ class TunedKey:
 
     def describe(self) -> str:
         extra = f", fine-tuning overrides {self.finetune}" if self.finetune else ""
+        shots = {"1": "1 shot", "all": "all labeled"}.get(self.shots, f"{self.shots} shots")
         return (
-            (
-                f"{self.method} on {self.dataset} split {self.split}, {self.shots} shot(s), "
-                f"{self.profile} profile, init {self.init}{extra}"
-            )
-            .replace("1 shot(s)", "1 shot")
-            .replace(" shot(s)", " shots")
+            f"{self.method} on {self.dataset} split {self.split}, {shots}, "
+            f"{self.profile} profile, init {self.init}{extra}"
         )
 
 
