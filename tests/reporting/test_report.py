@@ -185,3 +185,18 @@ def test_densecl_loss_rise_is_explained(tmp_path: Path):
     losses = next(p for p in plots.plots if p.name == "pretrain_losses")
     assert "queue" in losses.caption
     assert any("queue" in t.get_text() for t in losses.figure.texts)
+
+
+def test_plots_give_each_split_and_mode_its_own_panel(tmp_path: Path):
+    store = sqlite_store(tmp_path)
+    for split in ("fold0", "fold1"):
+        for draw in range(2):
+            add_run(store, "scratch", 0.4, split=split, draw=draw, modes=("finetune", "probe"))
+    shots = build_plots(load_results(store), tmp_path).plots[0].figure
+    titles = [ax.get_title() for ax in shots.axes if ax.get_visible()]
+    assert len(titles) == 4 and len(set(titles)) == 4  # 2 splits × 2 modes, never pooled
+    assert sum("fold1" in t and "probe" in t for t in titles) == 1
+    joined = build_plots(load_results(store), tmp_path, aggregate_splits=True).plots[0].figure
+    assert next(ax.get_title() for ax in joined.axes if ax.get_visible()).startswith(
+        "synthetic · fold0+fold1"
+    )

@@ -385,3 +385,27 @@ def test_concurrent_tune_processes_stop_at_trials_with_one_defaults_trial(
     assert sum(t.user_attrs.get("label") == "defaults" for t in complete) == 1
     skipped = [t for t in study.trials if t.state == TrialState.FAIL]
     assert all("skipped" in t.user_attrs for t in skipped)
+
+
+def test_tune_keeps_study_runs_and_parameters_beside_store(
+    cli, tmp_path: Path, tmp_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench import runner
+
+    elsewhere = tmp_path / "elsewhere"
+    argv = ["tune", "--method", "scratch", "--dataset", "synthetic", "--profile", "smoke"]
+    store = f"sqlite:///{elsewhere / 'bench.sqlite'}"
+    monkeypatch.setattr(  # validation score = the fine-tuning lr tried
+        runner,
+        "run_one",
+        lambda spec, env, on_eval=None: runner.RunOutcome(
+            spec, "succeeded", "h", 1, {"val": float(spec.finetune["lr"])}
+        ),
+    )
+    code, out, err = cli([*argv, "--trials", "2", "--draws", "1", "--store", store])
+    assert code == 0, out + err
+    assert (elsewhere / "optuna.sqlite").is_file()
+    (saved,) = (elsewhere / "tuned").glob("scratch-synthetic-generated-1shot-smoke-*.json")
+    assert "finetune" in json.loads(saved.read_text())  # a baseline, tuned on fine-tuning
+    assert not (tmp_path / "store" / "tuned").exists()  # nothing beside the default store
+    assert "mean validation mIoU" in out and " %" in out
