@@ -275,17 +275,16 @@ def _section(
         _score_row(
             base,
             label,
-            col,
+            (s, mode),
             e,
             metric_name,
-            bool(scores.bold is not None and scores.bold.loc[label, _header(col, multi)]),
-            oracles.get((label, *col)),
+            bool(scores.bold is not None and scores.bold.loc[label, _header((s, mode), multi)]),
+            oracles.get((label, s, mode)),
             baseline,
-            pairs.get((label, *col)),
-            adjusted.get((label, *col), math.nan),
+            pairs.get((label, s, mode)),
+            adjusted.get((label, s, mode), math.nan),
         )
-        for (label, *c), e in means.items()
-        for col in [(c[0], c[1])]
+        for (label, s, mode), e in means.items()
     ]
     rows += [
         {
@@ -347,9 +346,9 @@ def _section(
 
 def _columns(score: pd.DataFrame) -> list[Column]:
     """(shots, mode) pairs present: shots ascending, fine-tune before probe at each."""
+    known = list(MODES)
     modes = sorted(
-        pd.unique(score["mode"]),
-        key=lambda m: (m not in MODES, list(MODES).index(m) if m in MODES else 0, m),
+        pd.unique(score["mode"]), key=lambda m: (known.index(m) if m in known else len(known), m)
     )
     present = set(zip(score.shots_label, score["mode"], strict=True))
     return [(s, m) for s in shots_order(score.shots_label) for m in modes if (s, m) in present]
