@@ -10,8 +10,9 @@
   two-sided sign-flip permutation p over all 2ⁿ sign patterns (smallest possible value
   2/2ⁿ⁽ⁿᵒⁿᶻᵉʳᵒ⁾, stated beside it), the minimum detectable effect at 80% power (paired t-test,
   α = 0.05, the observed spread), and a paired bootstrap percentile interval only from
-  ``BOOTSTRAP_MIN_N`` pairs, where its coverage reaches 95% (the coverage simulation in
-  ``tests/reporting/test_stats.py``: about 76% at n = 3, 85% at 5, 90% at 10, 92% at 30).
+  ``BOOTSTRAP_MIN_N`` pairs, where its coverage is within 2 points of 95% (the coverage
+  simulation in ``tests/reporting/test_stats.py``: about 76% at n = 3, 85% at 5, 90% at 10,
+  92–94% at 30).
 - ``holm``: Holm's step-down adjustment of the p-values of one table (family-wise error).
 
 Values are whatever the caller passes (fractions in this project); NaN values are failed runs.

@@ -223,7 +223,7 @@ def test_coverage_simulation_decides_which_interval_is_shown():
     """The published calibration: the t-interval covers 95% at every n from 3 to 10; the paired
     bootstrap percentile interval covers about 76% (n = 3), 85% (5), 90% (10), so it is shown
     only from BOOTSTRAP_MIN_N = 50 pairs, where it is within 2 points of 95% (at 30 pairs it
-    still covers about 92%)."""
+    still covers only 92–94%)."""
     rng = np.random.default_rng(0)
     boot_small = {}
     for n in range(3, 11):
