@@ -30,7 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
         if info.name.startswith("_"):
             continue
         importlib.import_module(f"bench.commands.{info.name}").register(sub)
+    for command in sub.choices.values():
+        _plain_help(command)
     return parser
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    """Help shown as plain text: the docstrings' ``code`` quotes become plain words."""
+    if parser.description:
+        parser.description = parser.description.replace("``", "")
+    for action in parser._actions:
+        if isinstance(action.help, str):
+            action.help = action.help.replace("``", "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,11 +67,14 @@ class RunSpec:
     init: str | None = None
     seed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
+    """Method parameters; ``finetune.<field>`` keys are fine-tuning settings (as tuned)."""
     finetune: dict[str, Any] = field(default_factory=dict)
     modes: tuple[str, ...] = MODES
     """Evaluation modes to run on the same encoder (see ``MODES``)."""
     pool: str = DEFAULT_POOL
     """SSL pool mode: ``honest`` or ``transductive`` (``bench.data.pool``)."""
+    tuned: int | None = None
+    """Trials of the ``bench tune`` study the parameters come from (None: not tuned)."""
 
 
 @dataclass
@@ -146,9 +149,11 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
     if spec.pool not in POOL_MODES:
         raise BenchError(f"unknown pool mode '{spec.pool}'; modes: {', '.join(POOL_MODES)}")
     profile = get_profile(spec.profile)
-    method = get_method(spec.method)(spec.params)
     modes = check_modes(spec.modes)
-    cfg = finetune_config(profile, **spec.finetune)
+    params = {k: v for k, v in spec.params.items() if not k.startswith("finetune.")}
+    tuned_finetune = _finetune_params(profile.finetune, spec.params)
+    method = get_method(spec.method)(params)
+    cfg = finetune_config(profile, **{**tuned_finetune, **spec.finetune})
     init = method.init_for(spec.init or profile.default_init)
     split = source_for(card, env.data_root).split_name(spec.split)
     data = env.split_data(card, split)
@@ -200,6 +205,8 @@ def prepare(spec: RunSpec, env: RunEnv) -> PreparedRun:
     }
     if "probe" in modes:
         config["probe"] = dataclasses.asdict(profile.probe)
+    if spec.tuned:
+        config["tuned"] = spec.tuned
     return PreparedRun(
         spec,
         card,
@@ -225,6 +232,23 @@ def check_modes(modes: tuple[str, ...]) -> tuple[str, ...]:
             f"choose from {', '.join(MODES)}"
         )
     return tuple(m for m in MODES if m in modes)
+
+
+def _finetune_params(base: FinetuneConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """The ``finetune.<field>`` entries of ``params``, typed like ``base``'s fields."""
+    out = {}
+    for key, value in params.items():
+        if not key.startswith("finetune."):
+            continue
+        name = key.removeprefix("finetune.")
+        if not hasattr(base, name):
+            raise BenchError(f"parameter {key}: fine-tuning has no setting '{name}'")
+        kind = type(getattr(base, name))
+        try:
+            out[name] = value if isinstance(value, kind) else kind(value)
+        except (TypeError, ValueError):
+            raise BenchError(f"parameter {key}={value!r} is not a valid {kind.__name__}") from None
+    return out
 
 
 def run_one(

@@ -41,6 +41,7 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
+from optuna.distributions import FloatDistribution
 from torch import nn
 
 from bench.core.errors import BenchError
@@ -48,7 +49,7 @@ from bench.models.encoders import encoder_channels
 from bench.ssl.augment import ImagePool, ViewConfig, make_views, sized
 from bench.ssl.base import SSLMethod, SSLModel
 from bench.ssl.config import PretrainConfig, matssl_paper, pscl_paper
-from bench.ssl.method import EncoderContext, SearchDim
+from bench.ssl.method import EncoderContext, SearchSpace
 from bench.ssl.registry import register_method
 
 
@@ -156,10 +157,10 @@ class BYOL(SSLMethod):
     profiles = BYOL_PROFILES
 
     @classmethod
-    def search_space(cls, profile: str) -> dict[str, SearchDim]:
+    def search_space(cls, profile: str) -> SearchSpace:
         return {
-            "momentum_base": SearchDim.real(0.9, 0.999),
-            "min_scale": SearchDim.real(0.08, 0.5),
+            "momentum_base": FloatDistribution(0.9, 0.999),
+            "min_scale": FloatDistribution(0.08, 0.5),
             **super().search_space(profile),
         }
 

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from lightly.models.modules import DenseCLProjectionHead
 from lightly.models.utils import deactivate_requires_grad, most_similar_index, update_momentum
+from optuna.distributions import FloatDistribution
 from torch import nn
 
 from bench.core.errors import BenchError
@@ -53,7 +54,7 @@ from bench.ssl.augment import ImagePool, ViewConfig, make_views, sized
 from bench.ssl.base import SSLMethod, SSLModel
 from bench.ssl.config import PretrainConfig, matssl_paper, pscl_paper
 from bench.ssl.losses import queue_info_nce
-from bench.ssl.method import EncoderContext, SearchDim
+from bench.ssl.method import EncoderContext, SearchSpace
 from bench.ssl.queue import KeyQueue
 from bench.ssl.registry import register_method
 
@@ -191,10 +192,10 @@ class DenseCL(SSLMethod):
     profiles = DENSECL_PROFILES
 
     @classmethod
-    def search_space(cls, profile: str) -> dict[str, SearchDim]:
+    def search_space(cls, profile: str) -> SearchSpace:
         return {
-            "temperature": SearchDim.real(0.05, 0.5, log=True),
-            "loss_lambda": SearchDim.real(0.2, 0.8),
+            "temperature": FloatDistribution(0.05, 0.5, log=True),
+            "loss_lambda": FloatDistribution(0.2, 0.8),
             **super().search_space(profile),
         }
 

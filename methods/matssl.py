@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 from lightly.models.modules import SimCLRProjectionHead
+from optuna.distributions import FloatDistribution
 from torch import nn
 
 from bench.core.errors import BenchError
@@ -39,7 +40,7 @@ from bench.models.encoders import encoder_channels
 from bench.ssl.augment import ViewConfig, sized
 from bench.ssl.base import SSLMethod, SSLModel
 from bench.ssl.config import PretrainConfig, matssl_paper, pscl_paper
-from bench.ssl.method import EncoderContext, SearchDim
+from bench.ssl.method import EncoderContext, SearchSpace
 from bench.ssl.registry import register_method
 from methods.simclr import PooledContrastModel
 
@@ -114,8 +115,11 @@ class MatSSL(SSLMethod):
     profiles = MATSSL_PROFILES
 
     @classmethod
-    def search_space(cls, profile: str) -> dict[str, SearchDim]:
-        return {"temperature": SearchDim.real(0.03, 0.5, log=True), **super().search_space(profile)}
+    def search_space(cls, profile: str) -> SearchSpace:
+        return {
+            "temperature": FloatDistribution(0.03, 0.5, log=True),
+            **super().search_space(profile),
+        }
 
     def build_model(self, encoder: nn.Module, ctx: EncoderContext, cfg: PretrainConfig) -> SSLModel:
         p = self.params

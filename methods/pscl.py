@@ -75,6 +75,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightly.models.modules import SimCLRProjectionHead
+from optuna.distributions import FloatDistribution
 from torch import nn
 from torchvision.ops import roi_align
 
@@ -96,7 +97,7 @@ from bench.ssl.augment import (
 from bench.ssl.base import SSLMethod, SSLModel
 from bench.ssl.config import PretrainConfig, matssl_paper, pscl_paper
 from bench.ssl.losses import nt_xent
-from bench.ssl.method import EncoderContext, SearchDim
+from bench.ssl.method import EncoderContext, SearchSpace
 from bench.ssl.registry import register_method
 
 STRIDES = {"encoder": (16, 8, 4), "whole": (4, 2, 1)}
@@ -591,10 +592,10 @@ class PSCL(SSLMethod):
     profiles = PSCL_PROFILES
 
     @classmethod
-    def search_space(cls, profile: str) -> dict[str, SearchDim]:
+    def search_space(cls, profile: str) -> SearchSpace:
         return {
-            "temperature": SearchDim.real(0.05, 1.0, log=True),
-            "patch_weight": SearchDim.real(0.3, 0.9),
+            "temperature": FloatDistribution(0.05, 1.0, log=True),
+            "patch_weight": FloatDistribution(0.3, 0.9),
             **super().search_space(profile),
         }
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from lightly.models.modules import SimCLRProjectionHead
+from optuna.distributions import FloatDistribution
 from torch import nn
 
 from bench.models.encoders import encoder_channels
@@ -31,7 +32,7 @@ from bench.ssl.augment import ImagePool, ViewConfig, make_views, sized
 from bench.ssl.base import SSLMethod, SSLModel
 from bench.ssl.config import PretrainConfig, matssl_paper, pscl_paper
 from bench.ssl.losses import nt_xent
-from bench.ssl.method import EncoderContext, SearchDim
+from bench.ssl.method import EncoderContext, SearchSpace
 from bench.ssl.registry import register_method
 
 
@@ -94,8 +95,11 @@ class SimCLR(SSLMethod):
     profiles = SIMCLR_PROFILES
 
     @classmethod
-    def search_space(cls, profile: str) -> dict[str, SearchDim]:
-        return {"temperature": SearchDim.real(0.05, 1.0, log=True), **super().search_space(profile)}
+    def search_space(cls, profile: str) -> SearchSpace:
+        return {
+            "temperature": FloatDistribution(0.05, 1.0, log=True),
+            **super().search_space(profile),
+        }
 
     def views(self, cfg: PretrainConfig) -> dict[str, ViewConfig]:
         return {"view": sized(SIMCLR_VIEW, cfg)}

@@ -144,9 +144,9 @@ def add_params_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--params",
         metavar="best|FILE",
-        help="start from tuned parameters: 'best' = the `bench tune` result for the "
-        "method, dataset and profile (methods without a search space keep their "
-        "defaults), or a JSON file written by `bench tune`; --param values override them",
+        help="start from tuned parameters: 'best' = the `bench tune` result for exactly this "
+        "method, dataset, split, shots, profile, init and fine-tuning options (an error if "
+        "there is none), or a JSON file written by `bench tune`; --param values override them",
     )
 
 

@@ -1,6 +1,7 @@
 """``bench leaderboard``: methods × shots tables with statistics, as Markdown, CSV and LaTeX.
 
-With no succeeded runs matching the filters it prints an error and exits with status 2.
+One section per dataset, split, SSL pool mode, protocol and profile; fine-tune and probe side by
+side. With no succeeded runs matching the filters it prints an error and exits with status 2.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ def add_filters(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--profile", help="only runs of this profile (default: every profile, each apart)"
+    )
+    parser.add_argument(
+        "--aggregate-splits",
+        action="store_true",
+        help="combine every split of a dataset in one section (n = splits x draws, paired "
+        "within each split); default: each split apart",
     )
 
 
@@ -64,7 +71,9 @@ def main(args: argparse.Namespace) -> int:
 
     results = load_results(ResultStore(args.store), args.dataset, args.protocol, args.profile)
     require_runs(results, filters_text(args))
-    board = build_leaderboard(results, load_reported(args.reported), args.baseline)
+    board = build_leaderboard(
+        results, load_reported(args.reported), args.baseline, args.aggregate_splits
+    )
     print_leaderboard(board)
     for path in write_leaderboard(board, args.out or results_dir()):
         console.print(f"wrote {path}", highlight=False)

@@ -18,6 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_filters(p)
     add_data_root(p)
     p.add_argument(
+        "--baseline",
+        help="method the forest plot's differences are taken from (default: imagenet, else "
+        "scratch)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         help="output folder (default: plots/ in the results folder, --results-dir)",
@@ -35,7 +40,9 @@ def main(args: argparse.Namespace) -> int:
 
     results = load_results(ResultStore(args.store), args.dataset, None, args.profile)
     require_runs(results, filters_text(args))
-    plots = build_plots(results, resolve_data_root(args.data_root))
+    plots = build_plots(
+        results, resolve_data_root(args.data_root), args.baseline, args.aggregate_splits
+    )
     for path in save_plots(plots, args.out or results_dir() / "plots"):
         console.print(f"wrote {path}", highlight=False)
     for note in plots.notes:

@@ -42,9 +42,13 @@ def main(args: argparse.Namespace) -> int:
     store = ResultStore(args.store)
     results = load_results(store, args.dataset, args.protocol, args.profile)
     require_runs(results, filters_text(args))
-    board = build_leaderboard(results, load_reported(args.reported), args.baseline)
+    board = build_leaderboard(
+        results, load_reported(args.reported), args.baseline, args.aggregate_splits
+    )
     every_protocol = load_results(store, args.dataset, None, args.profile)  # figures use honest
-    plots = build_plots(every_protocol, resolve_data_root(args.data_root))
+    plots = build_plots(
+        every_protocol, resolve_data_root(args.data_root), args.baseline, args.aggregate_splits
+    )
     out = args.out or results_dir() / "report.html"
     path = write_report(build_report(results, board, plots), out)
     console.print(f"wrote {path}", highlight=False)

@@ -53,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
     from bench.reporting.runs import print_outcomes
     from bench.runner import RunOutcome, RunSpec, check_modes, make_env, run_one
     from bench.ssl.engine import PretrainFailed
-    from bench.sweeps.tune import resolve_params
+    from bench.sweeps.tune import resolve_params, tuned_key
 
     if args.draws < 1:
         raise BenchError("--draws must be ≥ 1")
@@ -66,14 +66,22 @@ def main(args: argparse.Namespace) -> int:
         args.compile,
         precision=args.precision,
     )
-    params = resolve_params(
-        args.method, args.dataset, args.profile, parse_params(args.param), args.params, args.store
-    )
+    fixed = parse_params(args.param)
     overrides = finetune_overrides(args)
     modes = check_modes(tuple(m.strip() for m in args.modes.split(",") if m.strip()))
     outcomes = []
     try:
         for shots in [s.strip() for s in args.shots.split(",") if s.strip()]:
+            key = tuned_key(
+                args.method,
+                args.dataset,
+                args.profile,
+                split=args.split,
+                shots=shots,
+                init=args.init,
+                finetune=overrides,
+            )
+            tuned = resolve_params(key, fixed, args.params, args.store)
             for draw in range(args.draws):
                 spec = RunSpec(
                     method=args.method,
@@ -84,8 +92,9 @@ def main(args: argparse.Namespace) -> int:
                     profile=args.profile,
                     init=args.init,
                     seed=args.seed,
-                    params=params,
-                    finetune=overrides,
+                    params=tuned.params,
+                    finetune={**tuned.finetune, **overrides},
+                    tuned=tuned.trials,
                     modes=modes,
                     pool=args.pool,
                 )

@@ -130,18 +130,33 @@ def main(args: argparse.Namespace) -> int:
         split_list,
         split_params,
     )
-    from bench.sweeps.tune import resolve_params
+    from bench.sweeps.tune import resolve_params, tuned_key
 
     store_url = absolute_url(args.store or default_store_url())
     methods, datasets = expand_methods(args.methods), split_list(args.datasets)
     if not datasets:
         raise BenchError("--datasets names no dataset")
     per_method, param_notes = split_params(methods, parse_params(args.param))
-    params = {
-        (m, d): resolve_params(m, d, args.profile, per_method[m], args.params, store_url)
-        for m in methods
-        for d in datasets
-    }
+    shots_levels = split_list(args.shots)
+    if args.params and len(shots_levels) != 1:
+        raise BenchError(
+            "--params: tuned parameters are per shots level; sweep one --shots level at a time"
+        )
+
+    def tuned(m: str, d: str) -> dict:
+        key = tuned_key(
+            m,
+            d,
+            args.profile,
+            split=args.split,
+            shots=shots_levels[0] if shots_levels else "1",
+            init=args.init,
+            finetune=finetune_overrides(args),
+        )
+        found = resolve_params(key, per_method[m], args.params, store_url)
+        return {**{f"finetune.{k}": v for k, v in found.finetune.items()}, **found.params}
+
+    params = {(m, d): tuned(m, d) for m in methods for d in datasets}
     grid = Grid(
         methods=methods,
         datasets=datasets,

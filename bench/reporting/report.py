@@ -166,7 +166,7 @@ def _metadata(results: Results) -> str:
         '<p class="note">One per method variant, dataset and profile: the configuration of its '
         "first run (draw, seed and shots differ between its runs).</p>",
         *_configs(runs),
-        f"<details><summary>All {len(runs)} runs</summary>"
+        f"<details><summary>Every run ({len(runs)})</summary>"
         f"{_frame_table('all-runs', 'Every succeeded run', _run_list(runs))}</details>",
     ]
     return f'<div class="meta">{"".join(parts)}</div>'

@@ -1,7 +1,8 @@
 """Formatted tables and their renderings: Markdown, LaTeX (booktabs), HTML and rich.
 
 A ``DisplayTable`` holds display strings (``cells``: rows × columns, the index names the rows) and
-a mask of cells to emphasise (the best mean of a column): bold in Markdown, LaTeX and HTML, ★ in
+a mask of cells to emphasise (a column's best mean, where it is separated from the
+runner-up): bold in Markdown, LaTeX and HTML, ★ in
 the terminal. Literature rows live in their own tables (``reported=True``), styled apart.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import pandas as pd
 from rich.markup import escape
@@ -47,9 +49,35 @@ def pct(value: float | None, digits: int = 2, signed: bool = False) -> str:
     return f"{100 * value:+.{digits}f}" if signed else f"{100 * value:.{digits}f}"
 
 
-def best_mask(means: pd.DataFrame) -> pd.DataFrame:
-    """True where a cell holds its column's highest (non-NaN) mean; ties all marked."""
-    return means.eq(means.max(axis=0, skipna=True), axis=1) & means.notna()
+class Summary(Protocol):
+    """What ``separated_best`` reads of a cell's estimate."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+
+
+def separated_best(estimates: pd.DataFrame) -> pd.DataFrame:
+    """True where a cell holds its column's best mean *and* is separated from the runner-up.
+
+    ``estimates`` holds an estimate (mean, ci_low, ci_high) or None/NaN per cell. Separated: the
+    best's 95% CI lies entirely above the runner-up's (both CIs defined, so n ≥ 2 each). A lone
+    cell, a tie or overlapping intervals mark nothing: the best is not separated.
+    """
+    bold = pd.DataFrame(False, index=estimates.index, columns=estimates.columns)
+    for j in range(estimates.shape[1]):
+        found = [
+            (e.mean, i)
+            for i, e in enumerate(estimates.iloc[:, j])
+            if hasattr(e, "mean") and math.isfinite(e.mean)
+        ]
+        if len(found) < 2:
+            continue
+        found.sort(reverse=True)
+        best, runner = estimates.iat[found[0][1], j], estimates.iat[found[1][1], j]
+        if best.ci_low > runner.ci_high:  # NaN compares False: undefined CIs never separate
+            bold.iat[found[0][1], j] = True
+    return bold
 
 
 def to_markdown(table: DisplayTable) -> str:

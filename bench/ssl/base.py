@@ -15,13 +15,14 @@ from abc import abstractmethod
 from typing import Any, ClassVar
 
 import torch
+from optuna.distributions import FloatDistribution
 from torch import nn
 
 from bench.data.pool import pool_fingerprint
 from bench.models.segmenter import PretrainedWeights
 from bench.ssl.augment import ImagePool, ViewConfig
 from bench.ssl.config import ENGINE_FIELDS, ENGINE_VERSION, PretrainConfig
-from bench.ssl.method import EncoderContext, Method, SearchDim, build_params
+from bench.ssl.method import EncoderContext, Method, SearchSpace, build_params
 
 
 class SSLModel(nn.Module):
@@ -86,18 +87,16 @@ class SSLMethod(Method):
         super().__init__(params)
 
     @classmethod
-    def search_space(cls, profile: str) -> dict[str, SearchDim]:
+    def search_space(cls, profile: str) -> SearchSpace:
         """The pretraining loop's ``bench tune`` ranges around the profile's settings: learning rate
-        ÷10..×10 (log), steps ½..×2, and weight decay 1e-7..1e-3 (log) where the profile uses
-        any (a schedule without weight decay, as PSCL's Adam, keeps none). Methods add their own."""
+        ÷10..×10 (log) and weight decay 1e-7..1e-3 (log) where the profile uses any (a schedule
+        without weight decay, as PSCL's Adam, keeps none); never the steps (compute stays fixed).
+        Methods add their own."""
         base = cls.profiles.get(profile) or cls.profiles["standard"]
-        space = {
-            "lr": SearchDim.real(base.lr / 10, base.lr * 10, log=True),
-            "steps": SearchDim.integer(max(1, base.steps // 2), max(2, base.steps * 2)),
-        }
+        space: SearchSpace = {"lr": FloatDistribution(base.lr / 10, base.lr * 10, log=True)}
         if base.weight_decay > 0:
             wd = base.weight_decay
-            space["weight_decay"] = SearchDim.real(min(1e-7, wd), max(1e-3, wd), log=True)
+            space["weight_decay"] = FloatDistribution(min(1e-7, wd), max(1e-3, wd), log=True)
         return space
 
     def engine_config(self, profile: str) -> PretrainConfig:

@@ -1,6 +1,7 @@
 """What every method is: a named, registered source of the encoder weights fine-tuning starts from.
 
-``Method`` holds the name, kind, hyperparameters (``Params``) and search space; ``Baseline`` methods
+``Method`` holds the name, kind, hyperparameters (``Params``) and search space (Optuna
+distributions); ``Baseline`` methods
 return their weights directly (``encoder_state``); SSL methods (``bench.ssl.base.SSLMethod``) are
 pretrained by the engine (``bench.ssl.engine.encoder_for`` handles both kinds).
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from optuna.distributions import BaseDistribution
 
 from bench.core.errors import BenchError
 from bench.data.cards import NATIVE, DatasetCard, ScaleSpec
@@ -57,37 +59,18 @@ class NoParams:
     """A method without tunable hyperparameters."""
 
 
-@dataclass(frozen=True)
-class SearchDim:
-    """One hyperparameter's range for ``bench tune`` (an Optuna distribution, without optuna).
+SearchSpace = dict[str, BaseDistribution]
+"""What ``bench tune`` searches: parameter name → an ``optuna.distributions`` distribution
+(``FloatDistribution``, ``IntDistribution`` or ``CategoricalDistribution``, which check their own
+bounds, log scale and step)."""
 
-    ``kind`` is ``float`` (``low``..``high``, ``log`` scale optional), ``int`` (``step``) or
-    ``choice`` (``choices``). Build with ``SearchDim.real``, ``.integer`` or ``.choice``.
-    """
 
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: int | None = None
-    choices: tuple[Any, ...] = ()
-
-    @classmethod
-    def real(cls, low: float, high: float, log: bool = False) -> SearchDim:
-        return cls("float", low, high, log)
-
-    @classmethod
-    def integer(cls, low: int, high: int, log: bool = False, step: int = 1) -> SearchDim:
-        return cls("int", low, high, log, step)
-
-    @classmethod
-    def choice(cls, *choices: Any) -> SearchDim:
-        return cls("choice", choices=tuple(choices))
-
-    def contains(self, value: Any) -> bool:
-        if self.kind == "choice":
-            return value in self.choices
-        return isinstance(value, (int, float)) and self.low <= value <= self.high
+def contains(dist: BaseDistribution, value: Any) -> bool:
+    """Whether ``value`` is a point of ``dist`` (in range, on its step, one of its choices)."""
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (TypeError, ValueError):
+        return False
 
 
 class Method(ABC):
@@ -116,12 +99,14 @@ class Method(ABC):
         return dataclasses.asdict(self.params)
 
     @classmethod
-    def search_space(cls, profile: str) -> dict[str, SearchDim]:
-        """What ``bench tune`` searches at this profile: parameter name → range.
+    def search_space(cls, profile: str) -> SearchSpace:
+        """The method's own part of what ``bench tune`` searches at this profile.
 
         Keys are ``Params`` fields or, for SSL methods, pretraining-loop settings (``lr``,
-        ``steps``... see ``bench.ssl.config.PretrainConfig``): anything ``--param`` accepts. Empty:
-        the method has nothing to tune.
+        ``weight_decay``... see ``bench.ssl.config.PretrainConfig``): anything ``--param``
+        accepts. Never the amount of compute (steps, epochs): every trial and method trains as
+        long. Fine-tuning settings are searched for every method, baselines included
+        (``bench.sweeps.tune.finetune_space``). Empty: nothing of the method's own to tune.
         """
         return {}
 

@@ -126,7 +126,13 @@ def expand_grid(grid: Grid, data_root: str | None) -> tuple[list[RunSpec], list[
         pools[dataset] = len(partition(card, resolve_data_root(data_root), grid.split).pool)
     for method in grid.methods:  # unknown parameters fail here, not in every trial
         for dataset in grid.datasets:
-            get_method(method)(dict(grid.params.get((method, dataset), {})))
+            get_method(method)(
+                {
+                    k: v
+                    for k, v in grid.params.get((method, dataset), {}).items()
+                    if not k.startswith("finetune.")  # fine-tuning settings, for the runner
+                }
+            )
     notes = [
         f"note: skipping {dataset} {label}-shot (all methods, all draws): its pool has only "
         f"{pools[dataset]} images for shots"

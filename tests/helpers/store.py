@@ -27,8 +27,16 @@ def add_run(
     params: dict[str, Any] | None = None,
     summary: dict[str, Any] | None = None,
     protocols: tuple[str, ...] = PROTOCOLS,
+    pool: str = "honest",
+    modes: tuple[str, ...] = ("finetune",),
+    images: list[str] | None = None,
+    tuned: int | None = None,
 ) -> int:
-    """One succeeded run: ``score`` for every protocol (validation-selected), oracle = +gain."""
+    """One succeeded run: ``score`` for every protocol (validation-selected), oracle = +gain.
+
+    ``modes`` are the evaluation modes it has rows for (a probe scores ``score`` - 0.1);
+    ``images`` its shot images (default one per draw).
+    """
     config = {
         "method": method,
         "dataset": dataset,
@@ -41,6 +49,8 @@ def add_run(
         "params": params or {},
         "finetune": {"steps": 4},
         "pretrain": None,
+        "pool": pool,
+        **({"tuned": tuned} if tuned else {}),
     }
     n_shots = 8 if shots == "all" else int(shots)
     run_id = store.start_run(
@@ -58,25 +68,33 @@ def add_run(
             encoder="resnet18",
             arch="unet",
             config=config,
-            images=[f"train_{draw:03d}"],
+            images=images if images is not None else [f"train_{draw:03d}"],
             device="cpu",
             versions={"python": "3.11", "torch": "2.5.0"},
             git_commit="abc1234",
             host="testhost",
+            pool=pool,
         )
     )
     iou = iou if iou is not None else (score + 0.1, score, score - 0.1)
     rows: list[MetricRow] = []
-    for protocol in protocols:
-        for selection, value in (("val", score), ("oracle", score + oracle_gain)):
-            rows += [
-                MetricRow(protocol, selection, "test", "score", value),
-                MetricRow(protocol, selection, "test", "miou", value),
-                MetricRow(protocol, selection, "test", "mdice_fg", value + 0.05),
-                MetricRow(protocol, selection, "test", "step", 4.0),
-            ]
-            rows += [MetricRow(protocol, selection, "test", "iou", v, c) for c, v in enumerate(iou)]
-        rows.append(MetricRow(protocol, "val", "val", "score", score - 0.01))
+    for mode in modes:
+        shift = 0.1 if mode == "probe" else 0.0
+        for protocol in protocols:
+            for selection, value in (("val", score), ("oracle", score + oracle_gain)):
+                value -= shift
+                rows += [
+                    MetricRow(protocol, selection, "test", "score", value, mode=mode),
+                    MetricRow(protocol, selection, "test", "miou", value, mode=mode),
+                    MetricRow(protocol, selection, "test", "mdice_fg", value + 0.05, mode=mode),
+                    MetricRow(protocol, selection, "test", "step", 4.0, mode=mode),
+                ]
+                for c, v in enumerate(iou):
+                    v -= shift
+                    dice = 2 * v / (1 + v)  # the Dice of a class whose IoU is v
+                    rows.append(MetricRow(protocol, selection, "test", "iou", v, c, mode=mode))
+                    rows.append(MetricRow(protocol, selection, "test", "dice", dice, c, mode=mode))
+            rows.append(MetricRow(protocol, "val", "val", "score", score - 0.01, mode=mode))
     store.finish_run(run_id, rows, {"selected_step": 4, "losses": [1.0, 0.5], **(summary or {})})
     return run_id
 

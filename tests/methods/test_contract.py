@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from optuna.distributions import CategoricalDistribution
 
 from bench.data.cards import load_card
 from bench.data.sources import load_labeled
@@ -57,7 +58,7 @@ def test_registered_documented_and_constructible(name: str) -> None:
         assert set(PROFILES) <= set(cls.profiles), f"{name} lacks profiles"
         for profile in PROFILES:
             for key, dim in cls.search_space(profile).items():
-                cls({key: dim.choices[0] if dim.kind == "choice" else dim.low})
+                cls({key: dim.choices[0] if isinstance(dim, CategoricalDistribution) else dim.low})
             assert method.views(method.engine_config(profile)), f"{name} declares no views"
     else:
         assert cls.kind == "supervised" and cls.fixed_init in ("random", "imagenet")

@@ -102,9 +102,23 @@ def test_paired_comparison_excludes_unmatched_draws(board: Leaderboard):
     assert row["baseline"] == "imagenet"
     assert row["n_pairs"] == 3
     assert row["diff_mean"] == pytest.approx(((0.60 - 0.50) + (0.61 - 0.56) + (0.65 - 0.53)) / 3)
-    assert row["wilcoxon_p"] == pytest.approx(0.25)  # exact, n = 3, all positive
+    assert row["signflip_p"] == pytest.approx(0.25)  # exact, n = 3, all positive
+    assert row["signflip_p_floor"] == pytest.approx(0.25)
+    # two tests in the table (simclr and scratch vs imagenet, both p = 0.25): Holm 2 × 0.25
+    assert row["holm_p"] == pytest.approx(0.5)
+    assert row["pair_diffs"] == "+0.100000; +0.050000; +0.120000"
+    assert row["pair_draws"] == "default/draw 0; default/draw 1; default/draw 2"
+    assert row["diff_t95_low"] < row["diff_mean"] < row["diff_t95_high"]
+    assert row["mde80"] > 0 and pd.isna(row["diff_boot95_low"])  # 3 pairs: no bootstrap
     assert "draw 3" in row["excluded"] and "no imagenet run" in row["excluded"]
-    assert "draw 3" in section(board, "synthetic", "honest").table("paired").note
+    paired = section(board, "synthetic", "honest").table("paired")
+    assert "draw 3" in paired.note
+    shown = paired.cells.loc["simclr, 1 shot"]
+    assert shown["differences (pp)"] == "+10.00, +5.00, +12.00"
+    assert shown["p (sign-flip)"] == "0.25 (min 0.25: cannot reach 0.05)"
+    assert shown["95% CI (t), pp"].startswith("[")
+    one_pair = paired.cells.loc["simclr, 4 shots"]  # n = 1: no interval and no test
+    assert one_pair["95% CI (t), pp"] == one_pair["p (sign-flip)"] == "n=1: too few pairs"
     assert pd.isna(cell(board, "imagenet")["n_pairs"])  # the baseline is not compared with itself
 
 
@@ -115,7 +129,10 @@ def test_tables_mark_the_best_mean_and_state_n(board: Leaderboard):
     assert scores.cells.loc["imagenet", "1 shot"] == "53.00 ± 3.00 (n=3)"
     assert scores.cells.loc["scratch", "4 shots"] == "–"
     assert scores.cells.loc["simclr", "1 shot"] == simclr_one_shot()
-    assert scores.bold.loc["simclr"].all() and not scores.bold.loc["imagenet"].any()
+    # simclr has the best means, but its 1-shot CI overlaps imagenet's and the 4-shot cells are
+    # single draws: nothing is separated, so nothing is bold
+    assert not scores.bold.to_numpy().any()
+    assert "not separated" in scores.note
     per_class = section(board, "metaldam", "honest").table("per_class")
     assert list(per_class.cells.columns) == [
         "Matrix",
@@ -126,6 +143,14 @@ def test_tables_mark_the_best_mean_and_state_n(board: Leaderboard):
     ]
     assert per_class.cells.loc["simclr, 1 shot", "Austenite"] == "80.0 (n=2)"
     assert per_class.cells.loc["simclr, 1 shot", "Precipitate"] == "–"  # NaN in every draw
+    assert "Per-class IoU" in per_class.title
+    dice = section(board, "synthetic", "pscl-paper").table("per_class")  # pscl-paper: Dice
+    assert "Per-class Dice" in dice.title
+    name = dice.cells.columns[1]  # class 1: its IoU in every run is the run's score
+    shown = float(dice.cells.loc["imagenet, 1 shot", name].split()[0])
+    assert shown == pytest.approx(
+        100 * sum(2 * v / (1 + v) for v in IMAGENET.values()) / 3, abs=0.05
+    )
 
 
 def test_reported_rows_are_labelled_separate_and_only_where_they_match(board: Leaderboard):
@@ -149,11 +174,11 @@ def test_files_are_written(board: Leaderboard, tmp_path: Path):
     assert sorted(p.name for p in paths) == ["leaderboard.csv", "leaderboard.md", "leaderboard.tex"]
     md = (tmp_path / "leaderboard.md").read_text()
     assert "| imagenet | 53.00 ± 3.00 (n=3) |" in md
-    assert f"**{simclr_one_shot()}**" in md
+    assert f"| simclr | {simclr_one_shot()} |" in md and "**" not in md.split("| simclr |")[1][:5]
     assert "_reported, MatSSL paper: MatSSL (SSL data Aachen+UHCS)_" in md
     tex = (tmp_path / "leaderboard.tex").read_text()
     assert r"\toprule" in tex
-    assert r"\textbf{" + simclr_one_shot().replace("±", r"$\pm$") + "}" in tex
+    assert simclr_one_shot().replace("±", r"$\pm$") in tex
     csv = pd.read_csv(tmp_path / "leaderboard.csv", dtype={"shots": str})
     assert len(csv) == len(board.cells)
     assert csv[
@@ -186,7 +211,7 @@ def test_cli_writes_files_and_empty_store_exits_2(store_url: str, tmp_path: Path
     code, stdout, _ = cli(
         ["leaderboard", "--store", store_url, "--dataset", "synthetic", "--out", out]
     )
-    assert code == 0 and "★" in stdout
+    assert code == 0 and "sign-flip" in stdout
     assert (out / "leaderboard.md").stat().st_size > 0
     empty = f"sqlite:///{tmp_path / 'empty.sqlite'}"
     code, _, stderr = cli(["leaderboard", "--store", empty, "--out", tmp_path / "none"])

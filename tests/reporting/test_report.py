@@ -71,7 +71,9 @@ def test_plots_are_written_as_png_and_svg(plots: PlotSet, tmp_path: Path):
     assert names == {
         "shots_miou",
         "shots_mdice",
-        "per_class_iou_synthetic_quick",
+        "forest_miou",
+        "forest_mdice",
+        "per_class_iou_synthetic_default_honest_quick",
         "qualitative_synthetic_quick",
         "pretrain_losses",
     }
@@ -91,9 +93,10 @@ def test_figures_without_inputs_are_skipped_with_a_note(tmp_path: Path):
     assert {p.name for p in plots.plots} == {
         "shots_miou",
         "shots_mdice",
-        "per_class_iou_synthetic_quick",
+        "per_class_iou_synthetic_default_honest_quick",
     }
     assert any("no stored test predictions" in note for note in plots.notes)
+    assert any("no forest plot" in note for note in plots.notes)
     assert any("pretraining losses" in note for note in plots.notes)
 
 
@@ -110,7 +113,7 @@ def test_report_is_self_contained(report: Path, plots: PlotSet):
     assert not re.search(r"""(src|href)=["'](?!data:|#)""", html)  # no external resource
     assert "<link" not in html and "@import" not in html and "url(" not in html
     for expected in (
-        "synthetic · honest · profile quick",
+        "synthetic · split default · pool honest · honest · profile quick",
         "Difference from baseline imagenet",
         "abc1234",
         "torch",
@@ -149,7 +152,7 @@ def test_plot_and_report_commands(tmp_path: Path, cli):
     store = sqlite_store(tmp_path)
     add_run(store, "scratch", 0.4)
     code, stdout, _ = cli(["plot", "--store", store.url, "--out", tmp_path / "plots"])
-    assert code == 0 and "skipped:" in stdout
+    assert code == 0 and "skipped:" in stdout  # no predictions, no losses, no baseline pair
     assert (tmp_path / "plots" / "shots_miou.svg").stat().st_size > 0
     code, _, _ = cli(["report", "--store", store.url, "--out", tmp_path / "r.html"])
     assert code == 0 and (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
@@ -158,3 +161,42 @@ def test_plot_and_report_commands(tmp_path: Path, cli):
         code, _, stderr = cli([command, "--store", empty, "--out", out])
         assert code == 2 and "no succeeded runs" in stderr
         assert not out.exists()
+
+
+def test_figures_separate_methods_and_keep_legends_outside(plots: PlotSet):
+    shots = next(p for p in plots.plots if p.name == "shots_miou").figure
+    (legend,) = shots.legends  # one figure legend, none inside a panel
+    assert not any(ax.get_legend() for ax in shots.axes)
+    assert [t.get_text() for t in legend.get_texts()] == ["imagenet", "scratch", "simclr"]
+    lines = [c.lines[0] for c in shots.axes[0].containers]  # one errorbar line per method
+    styles = {(line.get_color(), line.get_marker()) for line in lines}
+    assert len(lines) == len(styles) == 3  # distinct colour and marker per method
+    forest = next(p for p in plots.plots if p.name == "forest_miou").figure
+    labels = [t.get_text() for t in forest.axes[0].get_yticklabels()]
+    assert labels == ["scratch, 1 shot", "simclr, 1 shot"]  # vs the baseline, imagenet
+    assert "difference from imagenet" in forest.axes[0].get_xlabel()
+
+
+def test_densecl_loss_rise_is_explained(tmp_path: Path):
+    store = sqlite_store(tmp_path)
+    add_run(store, "densecl", 0.4, summary={"pretrain_losses": [5.0, 5.4, 5.6]})
+    add_run(store, "densecl", 0.4, draw=1, summary={"pretrain_losses": [5.0, 5.3, 5.5]})
+    plots = build_plots(load_results(store), tmp_path)
+    losses = next(p for p in plots.plots if p.name == "pretrain_losses")
+    assert "queue" in losses.caption
+    assert any("queue" in t.get_text() for t in losses.figure.texts)
+
+
+def test_plots_give_each_split_and_mode_its_own_panel(tmp_path: Path):
+    store = sqlite_store(tmp_path)
+    for split in ("fold0", "fold1"):
+        for draw in range(2):
+            add_run(store, "scratch", 0.4, split=split, draw=draw, modes=("finetune", "probe"))
+    shots = build_plots(load_results(store), tmp_path).plots[0].figure
+    titles = [ax.get_title() for ax in shots.axes if ax.get_visible()]
+    assert len(titles) == 4 and len(set(titles)) == 4  # 2 splits × 2 modes, never pooled
+    assert sum("fold1" in t and "probe" in t for t in titles) == 1
+    joined = build_plots(load_results(store), tmp_path, aggregate_splits=True).plots[0].figure
+    assert next(ax.get_title() for ax in joined.axes if ax.get_visible()).startswith(
+        "synthetic · fold0+fold1"
+    )

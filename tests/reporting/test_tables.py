@@ -1,4 +1,4 @@
-"""Display tables: percentages, the best-mean mask, and escaping in every rendering."""
+"""Display tables: percentages, the separated-best mask, and escaping in every rendering."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import math
 
 import pandas as pd
 
+from bench.reporting.stats import estimate
 from bench.reporting.tables import (
     DisplayTable,
-    best_mask,
     latex_escape,
     pct,
+    separated_best,
     to_html,
     to_latex,
     to_markdown,
@@ -23,11 +24,22 @@ def test_pct() -> None:
     assert pct(None) == pct(math.nan) == pct(math.inf) == "–"
 
 
-def test_best_mask_marks_ties_and_skips_nan() -> None:
-    means = pd.DataFrame({"1 shot": [0.2, 0.3, 0.3], "4 shots": [math.nan, 0.1, 0.05]})
-    mask = best_mask(means)
-    assert mask["1 shot"].tolist() == [False, True, True]
-    assert mask["4 shots"].tolist() == [False, True, False]
+def test_separated_best_bolds_only_a_best_whose_interval_clears_the_runner_up() -> None:
+    low, mid, high = estimate([0.1, 0.12, 0.11]), estimate([0.3, 0.32, 0.31]), estimate([0.5])
+    wide = estimate([0.2, 0.6, 0.4])  # best mean 0.40 but its CI overlaps mid's
+    cells = pd.DataFrame(
+        {
+            "separated": [low, mid, None],
+            "overlapping": [mid, wide, None],
+            "tie": [mid, mid, low],
+            "lone": [None, mid, None],
+            "n=1 best": [low, high, None],  # no CI for the best: not separated
+        },
+        dtype=object,
+    )
+    bold = separated_best(cells)
+    assert bold["separated"].tolist() == [False, True, False]
+    assert not bold[["overlapping", "tie", "lone", "n=1 best"]].to_numpy().any()
 
 
 def test_renderings_escape_user_text() -> None:
