@@ -98,6 +98,10 @@ class LayoutSpec:
     masks: str
     crop_image_to_mask: bool = False
     mask_channel: int = 0
+    high_bit_depth: str | int = "full"
+    """How images with more than 8 bits become 8-bit (``bench.data.images.read_gray``)."""
+    image_channel: int | None = None
+    """The channel of a colour image to use (None: ITU-R 601 luma)."""
 
 
 @dataclass(frozen=True)
@@ -247,7 +251,8 @@ SCHEMA: dict[str, Any] = {
     "citation": None,
     "generator": {"kind", "seed", "size", "train", "val", "test", "unlabeled"},
     "classes": _CLASSES_KEYS,
-    "layout": {"images", "masks", "crop_image_to_mask", "mask_channel", "high_bit_depth"},
+    "layout": {"images", "masks", "crop_image_to_mask", "mask_channel", "high_bit_depth",
+               "image_channel"},
     "splits": ("default", {"train", "test", "val", "val_holdout"}),
     "unlabeled": {"images", "crop_bottom", "from_split", "exclude", "neardup_threshold"},
     "protocols": ("default", _PROTOCOL_KEYS),
@@ -286,6 +291,16 @@ def _check_keys(raw: dict[str, Any], schema: Any, where: str) -> None:
                 f"{', '.join(sorted(allowed))})"
             )
         _check_keys(value, allowed[key], name)
+
+
+def _bit_depth(value: Any) -> str | int:
+    if value in ("full", "stretch"):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 8 <= value <= 32:
+        return value
+    raise ValueError(
+        f'layout.high_bit_depth must be "full", "stretch" or a bit depth 8..32, got {value!r}'
+    )
 
 
 def _req(table: dict[str, Any], key: str, where: str) -> Any:
@@ -355,6 +370,12 @@ def _build_card(raw: dict[str, Any], path: Path, variant: str | None) -> Dataset
                 lay.get("crop_image_to_mask", False), "layout.crop_image_to_mask"
             ),
             mask_channel=_int(lay.get("mask_channel", 0), "layout.mask_channel"),
+            high_bit_depth=_bit_depth(lay.get("high_bit_depth", "full")),
+            image_channel=(
+                _int(lay["image_channel"], "layout.image_channel")
+                if "image_channel" in lay
+                else None
+            ),
         )
         for key, template in (("layout.images", layout.images), ("layout.masks", layout.masks)):
             if "{stem}" not in template:
