@@ -315,6 +315,17 @@ def _int(value: Any, field: str) -> int:
     return value
 
 
+def _relative(value: Any, field: str) -> str:
+    """A path (or glob) inside the dataset folder: relative, with no ``..`` part."""
+    text = _str(value, field)
+    parts = text.replace("\\", "/").split("/")
+    if not text or text.startswith(("/", "\\", "~")) or (len(text) > 1 and text[1] == ":"):
+        raise ValueError(f"{field} = {text!r} must be a relative path inside the dataset folder")
+    if ".." in parts:
+        raise ValueError(f"{field} = {text!r} must not contain '..' (it would leave the folder)")
+    return text
+
+
 def _str(value: Any, field: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{field} must be a string, got {value!r}")
@@ -364,8 +375,8 @@ def _build_card(raw: dict[str, Any], path: Path, variant: str | None) -> Dataset
     if "layout" in raw:
         lay = raw["layout"]
         layout = LayoutSpec(
-            images=_str(_req(lay, "images", "layout"), "layout.images"),
-            masks=_str(_req(lay, "masks", "layout"), "layout.masks"),
+            images=_relative(_req(lay, "images", "layout"), "layout.images"),
+            masks=_relative(_req(lay, "masks", "layout"), "layout.masks"),
             crop_image_to_mask=_bool(
                 lay.get("crop_image_to_mask", False), "layout.crop_image_to_mask"
             ),
@@ -407,7 +418,7 @@ def _build_card(raw: dict[str, Any], path: Path, variant: str | None) -> Dataset
         title=_str(raw.get("title", name), "title"),
         citation=_str(raw.get("citation", ""), "citation"),
         license=_str(raw.get("license", "not stated"), "license"),
-        root=_str(raw.get("root", name), "root"),
+        root=_relative(raw.get("root", name), "root"),
         classes=tuple(classes),
         background=background,
         layout=layout,
@@ -462,9 +473,9 @@ def _parse_split(name: str, raw: dict[str, Any]) -> SplitSpec:
         raise ValueError(f"{where}.val_holdout must be ≥ 1, got {holdout}")
     return SplitSpec(
         name=name,
-        train=_str(_req(raw, "train", where), f"{where}.train"),
-        test=_str(_req(raw, "test", where), f"{where}.test"),
-        val=_str(val, f"{where}.val") if val is not None else None,
+        train=_relative(_req(raw, "train", where), f"{where}.train"),
+        test=_relative(_req(raw, "test", where), f"{where}.test"),
+        val=_relative(val, f"{where}.val") if val is not None else None,
         val_holdout=holdout,
     )
 
@@ -558,7 +569,7 @@ def _parse_unlabeled(unl: dict[str, Any]) -> UnlabeledSpec:
         raise ValueError(f"unlabeled.exclude must be a list of names, got {exclude!r}")
     images = unl.get("images")
     return UnlabeledSpec(
-        images=_str(images, "unlabeled.images") if images is not None else None,
+        images=_relative(images, "unlabeled.images") if images is not None else None,
         crop_bottom=_int(unl.get("crop_bottom", 0), "unlabeled.crop_bottom"),
         from_split=source is not None,
         exclude=tuple(_str(x, "unlabeled.exclude") for x in exclude),

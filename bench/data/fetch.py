@@ -35,7 +35,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -93,26 +93,76 @@ def fetch_dataset(
     """
     recipe = _recipe(card)
     data_root = Path(data_root)
-    job = _Job(
-        card=card,
-        root=data_root / card.root,
-        cache=data_root / DOWNLOADS / str(card.fetch.get("cache", card.name)),
-        base_url=base_url,
-        show_progress=show_progress,
+    final = confined(data_root, card.root, f"{card.path}: root")
+    cache = confined(
+        data_root / DOWNLOADS,
+        str(card.fetch.get("cache", card.name)),
+        f"{card.path}: [fetch] cache",
     )
-    job.root.mkdir(parents=True, exist_ok=True)
-    job.cache.mkdir(parents=True, exist_ok=True)
-    recipe(job, _fetch_files(job))
-    problems = check_dataset(card, data_root)
-    if problems:
-        shown = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
-        more = len(problems) - MAX_LISTED_PROBLEMS
-        raise BenchError(
-            f"{job.root}: fetched '{card.name}' but the result fails its check "
-            f"({len(problems)} problem(s)):\n  {shown}"
-            + (f"\n  ... and {more} more" if more > 0 else "")
-        )
-    return job.root
+    staging_base = data_root / STAGING
+    staging_base.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=staging_base, prefix=f"{card.name}-"))
+    made_cache = not cache.exists()
+    try:
+        job = _Job(card, stage / card.root, cache, base_url, show_progress)
+        if final.is_dir():  # files already there (another card of one root) are kept
+            shutil.copytree(final, job.root, copy_function=_link_or_copy)
+        job.root.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        recipe(job, _fetch_files(job))
+        problems = check_dataset(card, stage)
+        if problems:
+            shown = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
+            more = len(problems) - MAX_LISTED_PROBLEMS
+            raise BenchError(
+                f"{final}: fetched '{card.name}' but the result fails its check "
+                f"({len(problems)} problem(s); nothing was put in place):\n  {shown}"
+                + (f"\n  ... and {more} more" if more > 0 else "")
+            )
+        _move_into_place(job.root, final)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        _remove_if_empty(staging_base)
+        if made_cache:
+            _remove_if_empty(cache)
+            _remove_if_empty(cache.parent)
+    return final
+
+
+STAGING = ".staging"
+
+
+def confined(base: Path, rel: str, what: str) -> Path:
+    """``base/rel`` when it stays inside ``base`` (resolved), else a BenchError naming ``what``."""
+    if not rel or Path(rel).is_absolute() or PurePosixPath(rel).is_absolute():
+        raise BenchError(f"{what} = {rel!r} must be a relative path inside {base}")
+    path = (base / rel).resolve()
+    if base.resolve() not in path.parents:
+        raise BenchError(f"{what} = {rel!r} leads outside {base}")
+    return base / rel
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _move_into_place(staged: Path, final: Path) -> None:
+    """Replace ``final`` by ``staged`` (renames within the data root)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(final.name + ".replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staged, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with suppress(OSError):
+        folder.rmdir()
 
 
 def _recipe(card: DatasetCard) -> Callable[[_Job, dict[str, Path]], None]:

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import hashlib
 import io
+import re
 import sqlite3
 import zipfile
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ from bench.core.errors import BenchError
 from bench.data.cards import DatasetCard, load_card, parse_card
 from bench.data.check import check_dataset
 from bench.data.fetch import fetch_dataset
-from tests.helpers.http import FileServer
+from bench.data.sources import source_for
+from tests.helpers.http import FileServer, unused_url
 
 RNG = np.random.default_rng(0)
 
@@ -178,6 +180,30 @@ def test_fetch_metaldam_with_a_changed_file_fails_the_check(
     with pytest.raises(BenchError) as err:
         fetch_dataset(card, tmp_path / "data", base_url=file_server.url, show_progress=False)
     assert "labels/micrograph2.png: sha256 mismatch" in str(err.value)
+    assert "nothing was put in place" in str(err.value)
+    # nothing left behind but the verified download cache: no dataset folder, no staging
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".downloads"]
+    assert load_card("metaldam") and source_for(card, tmp_path / "data").presence() == "no"
+
+
+def test_an_offline_fetch_leaves_nothing_behind(tmp_path: Path) -> None:
+    card, _ = _fake_metaldam(FileServer(tmp_path / "served"), tmp_path)
+    with pytest.raises(BenchError):
+        fetch_dataset(card, tmp_path / "data", base_url=unused_url(), show_progress=False)
+    assert [p.name for p in (tmp_path / "data").iterdir()] == []
+
+
+def test_card_paths_cannot_leave_the_data_root(tmp_path: Path) -> None:
+    ebc = load_card("ebc1")
+    for change, what in (
+        ({"root": "../outside"}, "root"),
+        ({"root": "/abs"}, "root"),
+        ({"fetch": {**ebc.fetch, "cache": "../../x"}}, "[fetch] cache"),
+        ({"fetch": {**ebc.fetch, "cache": "/tmp/x"}}, "[fetch] cache"),
+    ):
+        with pytest.raises(BenchError, match=re.escape(what)):
+            fetch_dataset(dataclasses.replace(ebc, **change), tmp_path / "data")
+    assert not (tmp_path / "outside").exists() and not (tmp_path / "x").exists()
 
 
 # -- NASA EBC -------------------------------------------------------------------------------------
