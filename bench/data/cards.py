@@ -24,6 +24,7 @@ A new image+mask dataset needs a card only. The schema (see ``datasets/metaldam.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
@@ -38,7 +39,22 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-CARDS_DIR = PROJECT_ROOT / "datasets"
+CARDS_PACKAGE = "microssl_bench_datasets"
+"""The installed copy of ``datasets/`` (see setup.py) when the project is not a checkout."""
+
+
+def _project_cards() -> Path:
+    """The checkout's ``datasets/``, else the installed cards package."""
+    checkout = PROJECT_ROOT / "datasets"
+    if (PROJECT_ROOT / "pyproject.toml").is_file() and checkout.is_dir():
+        return checkout
+    spec = importlib.util.find_spec(CARDS_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return checkout
+
+
+CARDS_DIR = _project_cards()
 CARDS_ENV = "BENCH_CARDS"
 """More folders of cards (``os.pathsep``-separated), searched after the project's own."""
 
