@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from bench.core.errors import BenchError
 from bench.data.cards import DatasetCard
-from bench.data.download import sha256_file
+from bench.data.filecache import file_digest
 from bench.data.images import read_gray
 from bench.data.neardup import scan_card
 from bench.data.pool import pool_members
@@ -174,7 +174,7 @@ def _check_checksums(card: DatasetCard, root: Path) -> list[str]:
         path = root / rel
         if not path.is_file():
             problems.append(f"{path}: missing (listed in {sums_path.name})")
-        elif (got := sha256_file(path)) != digest:
+        elif (got := file_digest(path)) != digest:
             problems.append(
                 f"{path}: sha256 mismatch (listed in {sums_path.name}): "
                 f"expected {digest}, got {got}"

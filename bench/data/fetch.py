@@ -46,8 +46,8 @@ from PIL import Image, UnidentifiedImageError
 
 from bench.core.errors import BenchError
 from bench.data.cards import DatasetCard
-from bench.data.check import check_dataset
-from bench.data.download import download, rebase_url, safe_extract
+from bench.data.check import check_dataset, read_checksums
+from bench.data.download import download, rebase_url, safe_extract, sha256_file
 
 DOWNLOADS = ".downloads"
 MAX_LISTED_PROBLEMS = 20
@@ -246,10 +246,34 @@ def _recipe_metaldam(job: _Job, files: dict[str, Path]) -> None:
             if name.lower().endswith(".zip"):
                 safe_extract(path, tree / Path(name).stem)
         unpacked = [p for p in tree.rglob("*") if p.is_file() and not _is_junk(p)]
+        _verify_members(job, unpacked)
         for folder, suffix in METALDAM_FOLDERS.items():
             _copy_folder(job, unpacked, folder, suffix)
         _convert_unlabeled(job, unpacked)
     _write_metaldam_tables(job, _one_with_suffix(job, files, ".sql"))
+
+
+def _verify_members(job: _Job, unpacked: list[Path]) -> None:
+    """The release zips have no checksum of their own: every member (``__MACOSX`` junk aside,
+    which is never used) must be a file the card's checksums list, with that SHA-256, or an
+    unlabeled TIFF whose converted PNG they list (checked after conversion)."""
+    sums_path = job.card_file("checksums")
+    sums = read_checksums(sums_path)
+    for path in unpacked:
+        rel = "/".join(path.parts[-2:])
+        if rel in sums:
+            if (got := sha256_file(path)) != sums[rel]:
+                raise BenchError(
+                    f"{job.cache}: archive member {rel} has sha256 {got}, but {sums_path.name} "
+                    f"lists {sums[rel]}; refusing it (a changed or crafted release?)"
+                )
+        elif not (
+            path.suffix.lower() in (".tif", ".tiff") and f"unlabeled/{path.stem}.png" in sums
+        ):
+            raise BenchError(
+                f"{job.cache}: archive member {rel} is not listed in {sums_path.name}; "
+                "refusing it (a changed or crafted release?)"
+            )
 
 
 def _is_junk(path: Path) -> bool:

@@ -103,15 +103,16 @@ def _fake_metaldam(server: FileServer, tmp_path: Path) -> tuple[DatasetCard, dic
             exact |= files
         zf.writestr("__MACOSX/MetalDAM/images/._micrograph0.jpg", b"resource fork junk")
     unlabeled = io.BytesIO()
+    converted = {}
     with zipfile.ZipFile(unlabeled, "w") as zf:
         for j in range(N_UNLABELED):
             gray = RNG.integers(0, 255, (H, W))
             rgb = np.stack([gray] * 3, -1)
             rgb[-2:, :4] = [255, 0, 0]  # a coloured scale bar in the band
-            zf.writestr(
-                f"Additive_unlabeled_publish/micrograph{j}.tif",
-                _image_bytes(rgb, "TIFF", compression="tiff_lzw"),
-            )
+            tif = _image_bytes(rgb, "TIFF", compression="tiff_lzw")
+            zf.writestr(f"Additive_unlabeled_publish/micrograph{j}.tif", tif)
+            luma = np.asarray(Image.open(io.BytesIO(tif)).convert("L"))
+            converted[f"unlabeled/micrograph{j}.png"] = _image_bytes(luma, "PNG", optimize=True)
     exact["MetalDAM_metadata.sql"] = _metaldam_sql(tmp_path / "fake.sql")
     exact["SOURCE_README.md"] = "# MetalDAM (fake)\nRosalía\n".encode()
     payload = {
@@ -128,10 +129,35 @@ def _fake_metaldam(server: FileServer, tmp_path: Path) -> tuple[DatasetCard, dic
             entry["sha256"] = _sha256(payload[entry["name"]])
     cards = tmp_path / "cards"
     cards.mkdir()
+    listed = {**exact, **converted}  # the project's list names the converted PNGs
     (cards / fetch["checksums"]).write_text(
-        "".join(f"{_sha256(data)}  {rel}\n" for rel, data in sorted(exact.items()))
+        "".join(f"{_sha256(data)}  {rel}\n" for rel, data in sorted(listed.items()))
     )
     return dataclasses.replace(real, path=cards / "metaldam.toml", fetch=fetch), exact
+
+
+def _fetch_with_extra_member(server: FileServer, tmp_path: Path, name: str, data: bytes) -> str:
+    """Fetch the fake release with one more member in the labeled zip; the error message."""
+    tmp_path.mkdir()
+    card, _ = _fake_metaldam(server, tmp_path)
+    served = server.root / _served_path(card.fetch["files"][0]["url"])
+    with zipfile.ZipFile(served, "a") as zf:
+        zf.writestr(name, data)
+    with pytest.raises(BenchError) as err:
+        fetch_dataset(card, tmp_path / "data", base_url=server.url, show_progress=False)
+    assert not (tmp_path / "data" / "metaldam").exists()
+    return str(err.value)
+
+
+def test_fetch_refuses_unlisted_and_altered_release_members(
+    file_server: FileServer, tmp_path: Path
+) -> None:
+    message = _fetch_with_extra_member(
+        file_server, tmp_path / "a", "MetalDAM/images/evil.jpg", b"x"
+    )
+    assert "archive member images/evil.jpg is not listed in metaldam.sha256" in message
+    message = _fetch_with_extra_member(file_server, tmp_path / "b", "MetalDAM/notes.txt", b"x")
+    assert "archive member MetalDAM/notes.txt is not listed" in message
 
 
 def test_fetch_fake_metaldam(file_server: FileServer, tmp_path: Path) -> None:
@@ -179,8 +205,8 @@ def test_fetch_metaldam_with_a_changed_file_fails_the_check(
     sums.write_text(sums.read_text().replace(_sha256(exact["labels/micrograph2.png"]), "0" * 64))
     with pytest.raises(BenchError) as err:
         fetch_dataset(card, tmp_path / "data", base_url=file_server.url, show_progress=False)
-    assert "labels/micrograph2.png: sha256 mismatch" in str(err.value)
-    assert "nothing was put in place" in str(err.value)
+    assert "archive member labels/micrograph2.png has sha256" in str(err.value)
+    assert "metaldam.sha256 lists 0000" in str(err.value)
     # nothing left behind but the verified download cache: no dataset folder, no staging
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".downloads"]
     assert load_card("metaldam") and source_for(card, tmp_path / "data").presence() == "no"
