@@ -78,7 +78,7 @@ class _Job:
     def get(self, url: str, name: str, **expected: Any) -> Path:
         return download(
             rebase_url(url, self.base_url),
-            self.cache / name,
+            confined(self.cache, name, f"{self.card.path}: [fetch] download name"),
             show_progress=self.show_progress,
             **expected,
         )

@@ -226,6 +226,14 @@ def test_card_paths_cannot_leave_the_data_root(tmp_path: Path) -> None:
         ({"root": "/abs"}, "root"),
         ({"fetch": {**ebc.fetch, "cache": "../../x"}}, "[fetch] cache"),
         ({"fetch": {**ebc.fetch, "cache": "/tmp/x"}}, "[fetch] cache"),
+        (
+            {"fetch": {"recipe": "files", "files": [{"url": "http://h/a", "name": "../../x"}]}},
+            "[fetch] download name",
+        ),
+        (
+            {"fetch": {"recipe": "files", "files": [{"url": "http://h/..%2F..%2Fx"}]}},
+            "[fetch] download name",
+        ),
     ):
         with pytest.raises(BenchError, match=re.escape(what)):
             fetch_dataset(dataclasses.replace(ebc, **change), tmp_path / "data")
