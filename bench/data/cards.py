@@ -24,6 +24,7 @@ A new image+mask dataset needs a card only. The schema (see ``datasets/metaldam.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
@@ -38,7 +39,22 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-CARDS_DIR = PROJECT_ROOT / "datasets"
+CARDS_PACKAGE = "microssl_bench_datasets"
+"""The installed copy of ``datasets/`` (see setup.py) when the project is not a checkout."""
+
+
+def _project_cards() -> Path:
+    """The checkout's ``datasets/``, else the installed cards package."""
+    checkout = PROJECT_ROOT / "datasets"
+    if (PROJECT_ROOT / "pyproject.toml").is_file() and checkout.is_dir():
+        return checkout
+    spec = importlib.util.find_spec(CARDS_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return checkout
+
+
+CARDS_DIR = _project_cards()
 CARDS_ENV = "BENCH_CARDS"
 """More folders of cards (``os.pathsep``-separated), searched after the project's own."""
 
@@ -98,6 +114,10 @@ class LayoutSpec:
     masks: str
     crop_image_to_mask: bool = False
     mask_channel: int = 0
+    high_bit_depth: str | int = "full"
+    """How images with more than 8 bits become 8-bit (``bench.data.images.read_gray``)."""
+    image_channel: int | None = None
+    """The channel of a colour image to use (None: ITU-R 601 luma)."""
 
 
 @dataclass(frozen=True)
@@ -247,7 +267,8 @@ SCHEMA: dict[str, Any] = {
     "citation": None,
     "generator": {"kind", "seed", "size", "train", "val", "test", "unlabeled"},
     "classes": _CLASSES_KEYS,
-    "layout": {"images", "masks", "crop_image_to_mask", "mask_channel", "high_bit_depth"},
+    "layout": {"images", "masks", "crop_image_to_mask", "mask_channel", "high_bit_depth",
+               "image_channel"},
     "splits": ("default", {"train", "test", "val", "val_holdout"}),
     "unlabeled": {"images", "crop_bottom", "from_split", "exclude", "neardup_threshold"},
     "protocols": ("default", _PROTOCOL_KEYS),
@@ -288,6 +309,16 @@ def _check_keys(raw: dict[str, Any], schema: Any, where: str) -> None:
         _check_keys(value, allowed[key], name)
 
 
+def _bit_depth(value: Any) -> str | int:
+    if value in ("full", "stretch"):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 8 <= value <= 32:
+        return value
+    raise ValueError(
+        f'layout.high_bit_depth must be "full", "stretch" or a bit depth 8..32, got {value!r}'
+    )
+
+
 def _req(table: dict[str, Any], key: str, where: str) -> Any:
     if key not in table:
         raise ValueError(f"missing field '{where}.{key}'" if where else f"missing field '{key}'")
@@ -298,6 +329,17 @@ def _int(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{field} must be an integer, got {value!r}")
     return value
+
+
+def _relative(value: Any, field: str) -> str:
+    """A path (or glob) inside the dataset folder: relative, with no ``..`` part."""
+    text = _str(value, field)
+    parts = text.replace("\\", "/").split("/")
+    if not text or text.startswith(("/", "\\", "~")) or (len(text) > 1 and text[1] == ":"):
+        raise ValueError(f"{field} = {text!r} must be a relative path inside the dataset folder")
+    if ".." in parts:
+        raise ValueError(f"{field} = {text!r} must not contain '..' (it would leave the folder)")
+    return text
 
 
 def _str(value: Any, field: str) -> str:
@@ -349,12 +391,18 @@ def _build_card(raw: dict[str, Any], path: Path, variant: str | None) -> Dataset
     if "layout" in raw:
         lay = raw["layout"]
         layout = LayoutSpec(
-            images=_str(_req(lay, "images", "layout"), "layout.images"),
-            masks=_str(_req(lay, "masks", "layout"), "layout.masks"),
+            images=_relative(_req(lay, "images", "layout"), "layout.images"),
+            masks=_relative(_req(lay, "masks", "layout"), "layout.masks"),
             crop_image_to_mask=_bool(
                 lay.get("crop_image_to_mask", False), "layout.crop_image_to_mask"
             ),
             mask_channel=_int(lay.get("mask_channel", 0), "layout.mask_channel"),
+            high_bit_depth=_bit_depth(lay.get("high_bit_depth", "full")),
+            image_channel=(
+                _int(lay["image_channel"], "layout.image_channel")
+                if "image_channel" in lay
+                else None
+            ),
         )
         for key, template in (("layout.images", layout.images), ("layout.masks", layout.masks)):
             if "{stem}" not in template:
@@ -386,7 +434,7 @@ def _build_card(raw: dict[str, Any], path: Path, variant: str | None) -> Dataset
         title=_str(raw.get("title", name), "title"),
         citation=_str(raw.get("citation", ""), "citation"),
         license=_str(raw.get("license", "not stated"), "license"),
-        root=_str(raw.get("root", name), "root"),
+        root=_relative(raw.get("root", name), "root"),
         classes=tuple(classes),
         background=background,
         layout=layout,
@@ -441,9 +489,9 @@ def _parse_split(name: str, raw: dict[str, Any]) -> SplitSpec:
         raise ValueError(f"{where}.val_holdout must be ≥ 1, got {holdout}")
     return SplitSpec(
         name=name,
-        train=_str(_req(raw, "train", where), f"{where}.train"),
-        test=_str(_req(raw, "test", where), f"{where}.test"),
-        val=_str(val, f"{where}.val") if val is not None else None,
+        train=_relative(_req(raw, "train", where), f"{where}.train"),
+        test=_relative(_req(raw, "test", where), f"{where}.test"),
+        val=_relative(val, f"{where}.val") if val is not None else None,
         val_holdout=holdout,
     )
 
@@ -537,7 +585,7 @@ def _parse_unlabeled(unl: dict[str, Any]) -> UnlabeledSpec:
         raise ValueError(f"unlabeled.exclude must be a list of names, got {exclude!r}")
     images = unl.get("images")
     return UnlabeledSpec(
-        images=_str(images, "unlabeled.images") if images is not None else None,
+        images=_relative(images, "unlabeled.images") if images is not None else None,
         crop_bottom=_int(unl.get("crop_bottom", 0), "unlabeled.crop_bottom"),
         from_split=source is not None,
         exclude=tuple(_str(x, "unlabeled.exclude") for x in exclude),

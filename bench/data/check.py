@@ -1,5 +1,8 @@
 """``python -m bench data check NAME``: is a prepared dataset complete and consistent with its card?
 
+Every image, mask and pool file is decoded in full by the same functions loading uses, so a file
+``check`` passes is a file a run accepts.
+
 ``check_dataset`` returns one human-readable line per problem, each naming the file concerned.
 """
 
@@ -12,7 +15,8 @@ from PIL import Image, UnidentifiedImageError
 
 from bench.core.errors import BenchError
 from bench.data.cards import DatasetCard
-from bench.data.download import sha256_file
+from bench.data.filecache import file_digest
+from bench.data.images import read_gray
 from bench.data.neardup import scan_card
 from bench.data.pool import pool_members
 from bench.data.protocol import partition
@@ -36,8 +40,15 @@ def check_dataset(card: DatasetCard, data_root: Path) -> list[str]:
         problems += _check_splits(card, data_root)
     if card.layout is not None:
         allowed = set(card.class_ids) | {src for src, _ in card.merge}
+        source = source_for(card, data_root)
         for stem, listed_in in stems.items():
-            problems += _check_pair(card, root, stem, listed_in, allowed)
+            found = _check_pair(card, root, stem, listed_in, allowed)
+            if not found:  # decode fully, exactly as loading does
+                try:
+                    source.labeled([stem])
+                except BenchError as exc:
+                    found = [str(exc)]
+            problems += found
     return problems + _check_checksums(card, root) + _check_unlabeled(card, root)
 
 
@@ -163,7 +174,7 @@ def _check_checksums(card: DatasetCard, root: Path) -> list[str]:
         path = root / rel
         if not path.is_file():
             problems.append(f"{path}: missing (listed in {sums_path.name})")
-        elif (got := sha256_file(path)) != digest:
+        elif (got := file_digest(path)) != digest:
             problems.append(
                 f"{path}: sha256 mismatch (listed in {sums_path.name}): "
                 f"expected {digest}, got {got}"
@@ -180,10 +191,9 @@ def _check_unlabeled(card: DatasetCard, root: Path) -> list[str]:
     problems = []
     for path in files:
         try:
-            with Image.open(path):
-                pass
-        except (OSError, UnidentifiedImageError) as exc:
-            problems.append(f"{path}: unlabeled image cannot be read ({exc})")
+            read_gray(path, card)  # the whole file, by loading's rules
+        except BenchError as exc:
+            problems.append(f"{path}: unlabeled image: {exc}")
     return problems
 
 

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import os
+import shutil
 import stat
 import sys
 import tarfile
+import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import BinaryIO
+from typing import IO, BinaryIO
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit, urlunsplit
 from urllib.request import Request, urlopen
@@ -199,18 +203,51 @@ def _chunks(fh: BinaryIO) -> Iterator[bytes]:
 def safe_extract(archive: Path, target: Path) -> list[Path]:
     """Extract a .zip or .tar(.gz/.bz2/.xz) archive into ``target``; returns the extracted paths.
 
-    Every member is checked first: an absolute path, a ``..`` escape, a link pointing outside
-    ``target`` or a device/fifo member makes it raise BenchError with nothing extracted.
+    Only regular files and folders are extracted: a link member of any kind, a device or fifo, an
+    absolute path or a ``..`` escape makes it raise BenchError. Members are written by this code
+    (never by the archive library) into a temporary sibling of ``target``, each path resolved and
+    checked at the moment it is written, and moved into ``target`` only when every member passed:
+    a refused archive leaves nothing behind.
     """
     archive, target = Path(archive), Path(target)
-    target.mkdir(parents=True, exist_ok=True)
     if zipfile.is_zipfile(archive):
-        return _extract_zip(archive, target)
-    if tarfile.is_tarfile(archive):
-        return _extract_tar(archive, target)
-    raise BenchError(
-        f"{archive}: not a zip or tar archive (a corrupt download? delete it and retry)"
-    )
+        members = _zip_members
+    elif tarfile.is_tarfile(archive):
+        members = _tar_members
+    else:
+        raise BenchError(
+            f"{archive}: not a zip or tar archive (a corrupt download? delete it and retry)"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-extract-"))
+    try:
+        written = []
+        for name, kind, opener in members(archive):
+            path = _inside(stage, name, archive)
+            if kind == "dir":
+                path.mkdir(parents=True, exist_ok=True)
+                continue
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _inside(stage, str(path.relative_to(stage.resolve())), archive)  # at write time
+                with opener() as src, path.open("xb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except OSError as exc:  # a member twice, a file where a folder is...
+                raise BenchError(f"{archive}: refusing to extract: {name!r}: {exc}") from None
+            written.append(path.relative_to(stage.resolve()))
+        return [_move(stage / rel, target / rel) for rel in written]
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+Member = tuple[str, str, Callable[[], IO[bytes]]]
+"""(name, ``file`` or ``dir``, open the member's bytes)."""
+
+
+def _move(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dst)
+    return dst
 
 
 def _inside(target: Path, member: str, archive: Path, what: str = "member") -> Path:
@@ -221,60 +258,53 @@ def _inside(target: Path, member: str, archive: Path, what: str = "member") -> P
     path = (root / member).resolve()
     if path != root and root not in path.parents:
         raise BenchError(
-            f"{archive}: refusing to extract: {what} {member!r} points outside {target}"
+            f"{archive}: refusing to extract: {what} {member!r} points outside the target folder"
         )
     return path
 
 
-def _link_target(target: Path, member: str, link: str, archive: Path) -> None:
-    """Refuse a symlink whose destination (relative to the link's folder) leaves ``target``."""
-    if PurePosixPath(link).is_absolute():
-        raise BenchError(
-            f"{archive}: refusing to extract: link {member!r} points to the absolute path {link!r}"
-        )
-    _inside(target, str(PurePosixPath(member).parent / link), archive, f"link {member!r} ->")
+def _refuse_link(archive: Path, name: str) -> BenchError:
+    return BenchError(
+        f"{archive}: refusing to extract: {name!r} is a link (a dataset archive needs none)"
+    )
 
 
-def _extract_zip(archive: Path, target: Path) -> list[Path]:
+def _zip_members(archive: Path) -> Iterator[Member]:
     try:
         with zipfile.ZipFile(archive) as zf:
-            links: dict[str, str] = {}
-            for info in zf.infolist():
-                _inside(target, info.filename, archive)
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    links[info.filename] = zf.read(info).decode()
-                    _link_target(target, info.filename, links[info.filename], archive)
-            paths = []
-            for info in zf.infolist():
-                path = target / info.filename
-                if info.filename in links:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.unlink(missing_ok=True)
-                    path.symlink_to(links[info.filename])
-                else:
-                    zf.extract(info, target)
-                if not info.is_dir():
-                    paths.append(path)
-            return paths
+            infos = zf.infolist()
+            for info in infos:  # refuse before anything is written
+                mode = info.external_attr >> 16
+                if stat.S_ISLNK(mode):
+                    raise _refuse_link(archive, info.filename)
+                fmt = stat.S_IFMT(mode)
+                if fmt and fmt not in (stat.S_IFREG, stat.S_IFDIR):
+                    raise BenchError(
+                        f"{archive}: refusing to extract: {info.filename!r} is not a regular file"
+                    )
+            for info in infos:
+                kind = "dir" if info.is_dir() else "file"
+                yield info.filename, kind, partial(zf.open, info)
     except (zipfile.BadZipFile, EOFError) as exc:
         raise BenchError(f"{archive}: corrupt zip archive ({exc}); delete it and retry") from None
 
 
-def _extract_tar(archive: Path, target: Path) -> list[Path]:
+def _tar_file(tf: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    return tf.extractfile(member) or io.BytesIO()
+
+
+def _tar_members(archive: Path) -> Iterator[Member]:
     try:
         with tarfile.open(archive) as tf:
             members = tf.getmembers()
             for m in members:
-                _inside(target, m.name, archive)
-                if m.issym():
-                    _link_target(target, m.name, m.linkname, archive)
-                elif m.islnk():
-                    _inside(target, m.linkname, archive, f"hard link {m.name!r} ->")
-                elif not (m.isfile() or m.isdir()):
+                if m.issym() or m.islnk():
+                    raise _refuse_link(archive, m.name)
+                if not (m.isfile() or m.isdir()):
                     raise BenchError(
                         f"{archive}: refusing to extract: {m.name!r} is a device or fifo"
                     )
-            tf.extractall(target, members=members, filter="data")
-            return [target / m.name for m in members if not m.isdir()]
+            for m in members:
+                yield m.name, "file" if m.isfile() else "dir", partial(_tar_file, tf, m)
     except (tarfile.TarError, EOFError) as exc:
         raise BenchError(f"{archive}: corrupt tar archive ({exc}); delete it and retry") from None

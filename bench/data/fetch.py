@@ -35,7 +35,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -46,8 +46,8 @@ from PIL import Image, UnidentifiedImageError
 
 from bench.core.errors import BenchError
 from bench.data.cards import DatasetCard
-from bench.data.check import check_dataset
-from bench.data.download import download, rebase_url, safe_extract
+from bench.data.check import check_dataset, read_checksums
+from bench.data.download import download, rebase_url, safe_extract, sha256_file
 
 DOWNLOADS = ".downloads"
 MAX_LISTED_PROBLEMS = 20
@@ -78,7 +78,7 @@ class _Job:
     def get(self, url: str, name: str, **expected: Any) -> Path:
         return download(
             rebase_url(url, self.base_url),
-            self.cache / name,
+            confined(self.cache, name, f"{self.card.path}: [fetch] download name"),
             show_progress=self.show_progress,
             **expected,
         )
@@ -93,26 +93,76 @@ def fetch_dataset(
     """
     recipe = _recipe(card)
     data_root = Path(data_root)
-    job = _Job(
-        card=card,
-        root=data_root / card.root,
-        cache=data_root / DOWNLOADS / str(card.fetch.get("cache", card.name)),
-        base_url=base_url,
-        show_progress=show_progress,
+    final = confined(data_root, card.root, f"{card.path}: root")
+    cache = confined(
+        data_root / DOWNLOADS,
+        str(card.fetch.get("cache", card.name)),
+        f"{card.path}: [fetch] cache",
     )
-    job.root.mkdir(parents=True, exist_ok=True)
-    job.cache.mkdir(parents=True, exist_ok=True)
-    recipe(job, _fetch_files(job))
-    problems = check_dataset(card, data_root)
-    if problems:
-        shown = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
-        more = len(problems) - MAX_LISTED_PROBLEMS
-        raise BenchError(
-            f"{job.root}: fetched '{card.name}' but the result fails its check "
-            f"({len(problems)} problem(s)):\n  {shown}"
-            + (f"\n  ... and {more} more" if more > 0 else "")
-        )
-    return job.root
+    staging_base = data_root / STAGING
+    staging_base.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=staging_base, prefix=f"{card.name}-"))
+    made_cache = not cache.exists()
+    try:
+        job = _Job(card, stage / card.root, cache, base_url, show_progress)
+        if final.is_dir():  # files already there (another card of one root) are kept
+            shutil.copytree(final, job.root, copy_function=_link_or_copy)
+        job.root.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        recipe(job, _fetch_files(job))
+        problems = check_dataset(card, stage)
+        if problems:
+            shown = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
+            more = len(problems) - MAX_LISTED_PROBLEMS
+            raise BenchError(
+                f"{final}: fetched '{card.name}' but the result fails its check "
+                f"({len(problems)} problem(s); nothing was put in place):\n  {shown}"
+                + (f"\n  ... and {more} more" if more > 0 else "")
+            )
+        _move_into_place(job.root, final)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        _remove_if_empty(staging_base)
+        if made_cache:
+            _remove_if_empty(cache)
+            _remove_if_empty(cache.parent)
+    return final
+
+
+STAGING = ".staging"
+
+
+def confined(base: Path, rel: str, what: str) -> Path:
+    """``base/rel`` when it stays inside ``base`` (resolved), else a BenchError naming ``what``."""
+    if not rel or Path(rel).is_absolute() or PurePosixPath(rel).is_absolute():
+        raise BenchError(f"{what} = {rel!r} must be a relative path inside {base}")
+    path = (base / rel).resolve()
+    if base.resolve() not in path.parents:
+        raise BenchError(f"{what} = {rel!r} leads outside {base}")
+    return base / rel
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _move_into_place(staged: Path, final: Path) -> None:
+    """Replace ``final`` by ``staged`` (renames within the data root)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(final.name + ".replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staged, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with suppress(OSError):
+        folder.rmdir()
 
 
 def _recipe(card: DatasetCard) -> Callable[[_Job, dict[str, Path]], None]:
@@ -196,10 +246,34 @@ def _recipe_metaldam(job: _Job, files: dict[str, Path]) -> None:
             if name.lower().endswith(".zip"):
                 safe_extract(path, tree / Path(name).stem)
         unpacked = [p for p in tree.rglob("*") if p.is_file() and not _is_junk(p)]
+        _verify_members(job, unpacked)
         for folder, suffix in METALDAM_FOLDERS.items():
             _copy_folder(job, unpacked, folder, suffix)
         _convert_unlabeled(job, unpacked)
     _write_metaldam_tables(job, _one_with_suffix(job, files, ".sql"))
+
+
+def _verify_members(job: _Job, unpacked: list[Path]) -> None:
+    """The release zips have no checksum of their own: every member (``__MACOSX`` junk aside,
+    which is never used) must be a file the card's checksums list, with that SHA-256, or an
+    unlabeled TIFF whose converted PNG they list (checked after conversion)."""
+    sums_path = job.card_file("checksums")
+    sums = read_checksums(sums_path)
+    for path in unpacked:
+        rel = "/".join(path.parts[-2:])
+        if rel in sums:
+            if (got := sha256_file(path)) != sums[rel]:
+                raise BenchError(
+                    f"{job.cache}: archive member {rel} has sha256 {got}, but {sums_path.name} "
+                    f"lists {sums[rel]}; refusing it (a changed or crafted release?)"
+                )
+        elif not (
+            path.suffix.lower() in (".tif", ".tiff") and f"unlabeled/{path.stem}.png" in sums
+        ):
+            raise BenchError(
+                f"{job.cache}: archive member {rel} is not listed in {sums_path.name}; "
+                "refusing it (a changed or crafted release?)"
+            )
 
 
 def _is_junk(path: Path) -> bool:

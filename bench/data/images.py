@@ -25,16 +25,113 @@ class LabeledImage:
     mask: np.ndarray
 
 
-def read_gray(path: Path) -> np.ndarray:
-    """An image file as an 8-bit grayscale array."""
+def read_gray(path: Path, card: DatasetCard | None = None) -> np.ndarray:
+    """An image file as an 8-bit grayscale array, by the card's decoding rules.
+
+    - 8-bit gray: as stored. Colour (RGB, palette; alpha dropped): ITU-R 601 luma, or the
+      channel ``[layout] image_channel`` names.
+    - 16-bit and 32-bit integer images, by ``[layout] high_bit_depth``: ``"full"`` (default:
+      value × 255 / 65535, rounded), an integer N (an N-bit detector: value × 255 / (2^N − 1);
+      a larger value is an error) or ``"stretch"`` (each image's min..max to 0..255). An image
+      whose values all fit in 8 bits under ``"full"`` would turn black: an error asking for a rule.
+    - Float images: values in 0..1 × 255 (``"stretch"`` for any other range; else an error).
+
+    Every conversion that drops information (more than 8 bits, colour) prints one note per
+    dataset, naming the rule.
+    """
     if not path.is_file():
         raise BenchError(f"image {path} does not exist")
     try:
         with Image.open(path) as img:
             img.load()
-            return np.array(img.convert("L"), dtype=np.uint8)
+            return _to_gray8(img, path, card)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise BenchError(f"image {path} cannot be read (corrupt or not an image): {exc}") from None
+
+
+def _to_gray8(img: Image.Image, path: Path, card: DatasetCard | None) -> np.ndarray:
+    layout = card.layout if card is not None else None
+    rule = layout.high_bit_depth if layout is not None else "full"
+    where = card.path.name if card is not None else "the card"
+    if img.mode in ("1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "RGBX", "La"):
+        channel = layout.image_channel if layout is not None else None
+        if channel is None or img.mode in ("1", "L", "P"):
+            return np.array(img.convert("L"), dtype=np.uint8)
+        arr = np.asarray(img.convert("RGB") if img.mode not in ("RGB", "RGBA") else img)
+        if not 0 <= channel < min(arr.shape[-1], 3):
+            raise BenchError(
+                f"image {path} has {arr.shape[-1]} channels; {where} asks for "
+                f"layout.image_channel = {channel}"
+            )
+        return np.ascontiguousarray(arr[..., channel], dtype=np.uint8)
+    arr = np.asarray(img)
+    if arr.ndim == 3:
+        arr = arr[..., 0] if arr.shape[-1] == 1 else arr.mean(axis=-1)
+    if arr.dtype.kind == "f":
+        return _float_to_8(arr.astype(np.float64), path, rule, where)
+    return _int_to_8(arr.astype(np.int64), path, rule, where, card)
+
+
+def _int_to_8(
+    arr: np.ndarray, path: Path, rule: str | int, where: str, card: DatasetCard | None
+) -> np.ndarray:
+    low, high = int(arr.min()), int(arr.max())
+    if rule == "stretch":
+        out = _stretch(arr.astype(np.float64))
+    elif rule == "full":
+        if high < 256:
+            raise BenchError(
+                f"image {path} is stored with more than 8 bits but holds only values "
+                f"{low}..{high}; the default rule (value × 255 / 65535) would make it black. "
+                f'Set [layout] high_bit_depth = 8 (or "stretch") in {where}'
+            )
+        if high > 65535:
+            raise BenchError(
+                f"image {path} holds values up to {high}, beyond 16 bits; set [layout] "
+                f'high_bit_depth to its bit depth or "stretch" in {where}'
+            )
+        out = np.round(arr * (255 / 65535))
+    else:
+        top = (1 << int(rule)) - 1
+        if high > top:
+            raise BenchError(
+                f"image {path} holds values up to {high}, beyond high_bit_depth = {rule} "
+                f"(max {top}) of {where}"
+            )
+        out = np.round(arr * (255 / top))
+    _note(card, f"{where}: images with more than 8 bits (e.g. {path.name}) are scaled to 8 "
+          f"bits by high_bit_depth = {rule!r}")  # fmt: skip
+    return out.astype(np.uint8)
+
+
+def _float_to_8(arr: np.ndarray, path: Path, rule: str | int, where: str) -> np.ndarray:
+    if not np.isfinite(arr).all():
+        raise BenchError(f"image {path} holds NaN or infinite values")
+    if rule == "stretch":
+        return _stretch(arr).astype(np.uint8)
+    if arr.min() < 0 or arr.max() > 1:
+        raise BenchError(
+            f"image {path} is a float image with values {arr.min():g}..{arr.max():g}, not 0..1; "
+            f'set [layout] high_bit_depth = "stretch" in {where}'
+        )
+    return np.round(arr * 255).astype(np.uint8)
+
+
+def _stretch(arr: np.ndarray) -> np.ndarray:
+    low, high = arr.min(), arr.max()
+    return np.round((arr - low) * (255 / (high - low))) if high > low else np.zeros_like(arr)
+
+
+_NOTED: set[str] = set()
+
+
+def _note(card: DatasetCard | None, message: str) -> None:
+    """Print ``message`` once per process (one line per dataset and rule)."""
+    if message not in _NOTED:
+        _NOTED.add(message)
+        from bench.core.console import error
+
+        error(message, label="note:")
 
 
 def read_mask(path: Path, card: DatasetCard) -> np.ndarray:

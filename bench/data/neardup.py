@@ -100,7 +100,7 @@ def thumbnail(item: Item) -> np.ndarray:
 def _thumbnail(path: Path, item: Item) -> np.ndarray:
     try:
         with Image.open(path) as img:
-            gray = img.convert("L") if img.mode not in ("I;16", "I", "F") else img.convert("F")
+            gray = img.convert("F") if img.mode.startswith(("I", "F")) else img.convert("L")
             width, height = gray.size
             rows = item.keep_rows if item.keep_rows is not None else height - item.crop_bottom
             large = gray.crop((0, 0, width, max(1, rows))).resize(

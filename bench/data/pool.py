@@ -96,7 +96,7 @@ def load_pool(
     if card.unlabeled.from_split:
         return [item.image for item in source.labeled([n for n, _ in members])]  # layout rules
     crop = card.unlabeled.crop_bottom
-    return [np.ascontiguousarray(read_gray(path)[: -crop or None]) for _, path in members]
+    return [np.ascontiguousarray(read_gray(path, card)[: -crop or None]) for _, path in members]
 
 
 def pool_fingerprint(

@@ -127,7 +127,7 @@ class FileSource(Source):
         pairs = []
         for stem in stems:
             image_path, mask_path = self.image_path(stem), self.mask_path(stem)
-            image, mask = read_gray(image_path), read_mask(mask_path, self.card)
+            image, mask = read_gray(image_path, self.card), read_mask(mask_path, self.card)
             pairs.append(
                 LabeledImage(
                     stem, fit_image_to_mask(image, mask, self.card, image_path, mask_path), mask
@@ -150,7 +150,7 @@ class FileSource(Source):
     def unlabeled_images(self, limit: int | None = None) -> list[np.ndarray]:
         crop = self.card.unlabeled.crop_bottom if self.card.unlabeled else 0
         return [
-            np.ascontiguousarray(read_gray(f)[: -crop or None])
+            np.ascontiguousarray(read_gray(f, self.card)[: -crop or None])
             for f in self.unlabeled_files()[:limit]
         ]
 

@@ -77,3 +77,12 @@ def test_changed_image_contents_change_the_run_and_the_pretraining(own_cards, tm
     assert after.hash != before.hash
     assert pool_fingerprint(load_card("dup"), data, "main")["digest"] != pool_before["digest"]
     assert after.config["pretrain"]["pool"] != before.config["pretrain"]["pool"]
+
+
+def test_the_documented_minimal_card_parses(tmp_path: Path) -> None:
+    text = (Path(__file__).parents[2] / "CONTRIBUTING.md").read_text()
+    block = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "mine.toml").write_text(block)
+    card = load_card("mine", cards_dir=tmp_path)
+    assert card.split("main").val_holdout == 2 and card.unlabeled is not None
+    assert card.class_names == ("matrix", "precipitate")

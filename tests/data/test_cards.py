@@ -308,6 +308,21 @@ BAD_CARDS = {
         None,
         r"missing field 'splits\.nasa\.train'",
     ),
+    "absolute_glob": (
+        _edit('from_split = "train"', 'images = "/etc/*.png"'),
+        None,
+        r"unlabeled\.images = '/etc/\*\.png' must be a relative path inside the dataset folder",
+    ),
+    "root_escapes": (
+        _edit('root = "nasa_micronet/EBC"', 'root = "../outside"'),
+        None,
+        r"root = '\.\./outside' must not contain '\.\.'",
+    ),
+    "split_list_escapes": (
+        _edit('test = "splits/EBC1_test.txt"', 'test = "../../etc/passwd"'),
+        None,
+        r"splits\.nasa\.test = .* must not contain '\.\.'",
+    ),
     "split_not_a_table": (
         _edit("[splits]\n", '[splits]\nextra = "x"\n'),
         None,

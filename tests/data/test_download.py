@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import stat
 import tarfile
 import zipfile
@@ -168,7 +167,8 @@ def test_safe_extract_refuses_escaping_members(tmp_path: Path, name: str) -> Non
         target = tmp_path / "target"
         with pytest.raises(BenchError, match=f"{archive.name}: refusing to extract"):
             safe_extract(archive, target)
-        assert list(target.iterdir()) == []  # nothing extracted, not even the harmless member
+        assert not target.exists()  # nothing extracted, not even the harmless member
+        assert not [p for p in tmp_path.iterdir() if "extract" in p.name]  # no temporary folder
     assert not (tmp_path / "evil.txt").exists()
 
 
@@ -189,18 +189,45 @@ def test_safe_extract_refuses_links_pointing_outside(tmp_path: Path) -> None:
     ]
     for archive in cases:
         target = tmp_path / f"t_{archive.name}"
-        with pytest.raises(BenchError, match="refusing to extract"):
+        with pytest.raises(BenchError, match=r"refusing to extract: .* is a link"):
             safe_extract(archive, target)
-        assert list(target.iterdir()) == []
+        assert not target.exists()
 
 
-def test_safe_extract_keeps_links_inside(tmp_path: Path) -> None:
-    archive = _tar(
-        tmp_path / "in.tar.gz", {"d/a.txt": b"x"}, links={"d/l": (tarfile.SYMTYPE, "a.txt")}
-    )
-    target = tmp_path / "t"
-    safe_extract(archive, target)
-    assert os.readlink(target / "d/l") == "a.txt" and (target / "d/l").read_bytes() == b"x"
+def test_safe_extract_refuses_every_link_even_inside(tmp_path: Path) -> None:
+    for archive in (
+        _tar(tmp_path / "in.tar.gz", {"d/a.txt": b"x"}, links={"d/l": (tarfile.SYMTYPE, "a.txt")}),
+        _zip(tmp_path / "in.zip", {"d/a.txt": b"x"}, links={"d/l": "a.txt"}),
+    ):
+        target = tmp_path / f"t_{archive.name}"
+        with pytest.raises(BenchError, match=r"'d/l' is a link \(a dataset archive needs none\)"):
+            safe_extract(archive, target)
+        assert not target.exists()
+
+
+def test_the_link_chain_zip_writes_nothing_anywhere(tmp_path: Path) -> None:
+    """``a -> .``, ``a/b -> ..``, ``a/b/evil.txt``: each check passes on a tree without links,
+    and following the links wrote outside the target."""
+    (tmp_path / "work" / "deep").mkdir(parents=True)
+    archive = tmp_path / "chain.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, link in (("a", "."), ("a/b", "..")):
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, link)
+        zf.writestr("a/b/evil.txt", b"evil")
+    target = tmp_path / "work" / "deep" / "target"
+    with pytest.raises(BenchError, match="refusing to extract: 'a' is a link"):
+        safe_extract(archive, target)
+    assert not list(tmp_path.rglob("evil.txt"))
+    assert list((tmp_path / "work" / "deep").iterdir()) == []
+
+
+def test_a_member_written_twice_or_through_a_file_is_refused(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "clash.tar.gz", {"x": b"1", "x/y": b"2"})
+    with pytest.raises(BenchError, match="refusing to extract: 'x/y'"):
+        safe_extract(archive, tmp_path / "t")
+    assert not (tmp_path / "t").exists()
 
 
 def test_safe_extract_rejects_non_archives(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import hashlib
 import io
+import re
 import sqlite3
 import zipfile
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ from bench.core.errors import BenchError
 from bench.data.cards import DatasetCard, load_card, parse_card
 from bench.data.check import check_dataset
 from bench.data.fetch import fetch_dataset
-from tests.helpers.http import FileServer
+from bench.data.sources import source_for
+from tests.helpers.http import FileServer, unused_url
 
 RNG = np.random.default_rng(0)
 
@@ -101,15 +103,16 @@ def _fake_metaldam(server: FileServer, tmp_path: Path) -> tuple[DatasetCard, dic
             exact |= files
         zf.writestr("__MACOSX/MetalDAM/images/._micrograph0.jpg", b"resource fork junk")
     unlabeled = io.BytesIO()
+    converted = {}
     with zipfile.ZipFile(unlabeled, "w") as zf:
         for j in range(N_UNLABELED):
             gray = RNG.integers(0, 255, (H, W))
             rgb = np.stack([gray] * 3, -1)
             rgb[-2:, :4] = [255, 0, 0]  # a coloured scale bar in the band
-            zf.writestr(
-                f"Additive_unlabeled_publish/micrograph{j}.tif",
-                _image_bytes(rgb, "TIFF", compression="tiff_lzw"),
-            )
+            tif = _image_bytes(rgb, "TIFF", compression="tiff_lzw")
+            zf.writestr(f"Additive_unlabeled_publish/micrograph{j}.tif", tif)
+            luma = np.asarray(Image.open(io.BytesIO(tif)).convert("L"))
+            converted[f"unlabeled/micrograph{j}.png"] = _image_bytes(luma, "PNG", optimize=True)
     exact["MetalDAM_metadata.sql"] = _metaldam_sql(tmp_path / "fake.sql")
     exact["SOURCE_README.md"] = "# MetalDAM (fake)\nRosalía\n".encode()
     payload = {
@@ -126,10 +129,35 @@ def _fake_metaldam(server: FileServer, tmp_path: Path) -> tuple[DatasetCard, dic
             entry["sha256"] = _sha256(payload[entry["name"]])
     cards = tmp_path / "cards"
     cards.mkdir()
+    listed = {**exact, **converted}  # the project's list names the converted PNGs
     (cards / fetch["checksums"]).write_text(
-        "".join(f"{_sha256(data)}  {rel}\n" for rel, data in sorted(exact.items()))
+        "".join(f"{_sha256(data)}  {rel}\n" for rel, data in sorted(listed.items()))
     )
     return dataclasses.replace(real, path=cards / "metaldam.toml", fetch=fetch), exact
+
+
+def _fetch_with_extra_member(server: FileServer, tmp_path: Path, name: str, data: bytes) -> str:
+    """Fetch the fake release with one more member in the labeled zip; the error message."""
+    tmp_path.mkdir()
+    card, _ = _fake_metaldam(server, tmp_path)
+    served = server.root / _served_path(card.fetch["files"][0]["url"])
+    with zipfile.ZipFile(served, "a") as zf:
+        zf.writestr(name, data)
+    with pytest.raises(BenchError) as err:
+        fetch_dataset(card, tmp_path / "data", base_url=server.url, show_progress=False)
+    assert not (tmp_path / "data" / "metaldam").exists()
+    return str(err.value)
+
+
+def test_fetch_refuses_unlisted_and_altered_release_members(
+    file_server: FileServer, tmp_path: Path
+) -> None:
+    message = _fetch_with_extra_member(
+        file_server, tmp_path / "a", "MetalDAM/images/evil.jpg", b"x"
+    )
+    assert "archive member images/evil.jpg is not listed in metaldam.sha256" in message
+    message = _fetch_with_extra_member(file_server, tmp_path / "b", "MetalDAM/notes.txt", b"x")
+    assert "archive member MetalDAM/notes.txt is not listed" in message
 
 
 def test_fetch_fake_metaldam(file_server: FileServer, tmp_path: Path) -> None:
@@ -177,7 +205,39 @@ def test_fetch_metaldam_with_a_changed_file_fails_the_check(
     sums.write_text(sums.read_text().replace(_sha256(exact["labels/micrograph2.png"]), "0" * 64))
     with pytest.raises(BenchError) as err:
         fetch_dataset(card, tmp_path / "data", base_url=file_server.url, show_progress=False)
-    assert "labels/micrograph2.png: sha256 mismatch" in str(err.value)
+    assert "archive member labels/micrograph2.png has sha256" in str(err.value)
+    assert "metaldam.sha256 lists 0000" in str(err.value)
+    # nothing left behind but the verified download cache: no dataset folder, no staging
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".downloads"]
+    assert load_card("metaldam") and source_for(card, tmp_path / "data").presence() == "no"
+
+
+def test_an_offline_fetch_leaves_nothing_behind(tmp_path: Path) -> None:
+    card, _ = _fake_metaldam(FileServer(tmp_path / "served"), tmp_path)
+    with pytest.raises(BenchError):
+        fetch_dataset(card, tmp_path / "data", base_url=unused_url(), show_progress=False)
+    assert [p.name for p in (tmp_path / "data").iterdir()] == []
+
+
+def test_card_paths_cannot_leave_the_data_root(tmp_path: Path) -> None:
+    ebc = load_card("ebc1")
+    for change, what in (
+        ({"root": "../outside"}, "root"),
+        ({"root": "/abs"}, "root"),
+        ({"fetch": {**ebc.fetch, "cache": "../../x"}}, "[fetch] cache"),
+        ({"fetch": {**ebc.fetch, "cache": "/tmp/x"}}, "[fetch] cache"),
+        (
+            {"fetch": {"recipe": "files", "files": [{"url": "http://h/a", "name": "../../x"}]}},
+            "[fetch] download name",
+        ),
+        (
+            {"fetch": {"recipe": "files", "files": [{"url": "http://h/..%2F..%2Fx"}]}},
+            "[fetch] download name",
+        ),
+    ):
+        with pytest.raises(BenchError, match=re.escape(what)):
+            fetch_dataset(dataclasses.replace(ebc, **change), tmp_path / "data")
+    assert not (tmp_path / "outside").exists() and not (tmp_path / "x").exists()
 
 
 # -- NASA EBC -------------------------------------------------------------------------------------
