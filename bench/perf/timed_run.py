@@ -89,7 +89,7 @@ def stage_lines(record: dict[str, Any]) -> list[str]:
             f"  {run['shots']}-shot draw {run['draw']} ({run['precision']}): "
             f"pretraining {s.get('encoder', 0):.1f} s, fine-tuning steps "
             f"{s.get('finetune_train', 0):.1f} s, evaluations {s.get('finetune_eval', 0):.1f} s, "
-            f"run total {s.get('total', 0):.1f} s; honest test mIoU {run['honest']:.2f}"
+            f"run total {s.get('total', 0):.1f} s; honest test mIoU {100 * run['honest']:.2f} %"
         )
     if record["runs"]:
         lines.append(f"  start-up, data loading and storing: {record['wall_s'] - staged:.1f} s")
@@ -106,7 +106,9 @@ def paired_lines(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     if not keys:
         return []
     name_a, name_b = a["precision"], b["precision"]
-    lines = [f"paired honest test mIoU, {name_b} − {name_a}:"]
+    left = {k: 100 * v for k, v in left.items()}  # in %
+    right = {k: 100 * v for k, v in right.items()}
+    lines = [f"paired honest test mIoU (%), {name_b} − {name_a} (percentage points):"]
     for key in keys:
         lines.append(
             f"  {key[0]}-shot draw {key[1]}: {name_a} {left[key]:.2f}, {name_b} {right[key]:.2f}, "
