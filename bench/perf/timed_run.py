@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="comma list of precisions, each one command (default: auto)",
     )
-    parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    parser.add_argument(
+        "--out", type=Path, help="also write the figures as JSON here (after every command)"
+    )
     parser.add_argument("run_args", nargs="*", help="arguments of `bench run` (after --)")
     args = parser.parse_args(argv)
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
@@ -147,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             record = timed_run(precision, args.run_args, Path(folder))
         records.append(record)
         print("\n".join(stage_lines(record)), flush=True)
+        if args.out:  # after every command, so a stopped comparison keeps what it measured
+            args.out.write_text(json.dumps(records, indent=2) + "\n")
     if len(records) == 2:
         print("\n".join(paired_lines(*records)))
-    if args.out:
-        args.out.write_text(json.dumps(records, indent=2) + "\n")
     return 0 if all(r["exit_code"] == 0 for r in records) else 1
 
 
