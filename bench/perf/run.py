@@ -7,8 +7,8 @@ the JSON record (``bench.perf.record``), ``bench.perf.table`` prints it.
 One run on one device measures, on the real unlabeled micrographs of a dataset card:
 
 - ``ceiling_imgs_per_s``: a synthetic ResNet-50 classifier (torchvision, random weights, random
-  input, cross-entropy, SGD) — forward + backward + optimizer step — in the best mode the device
-  offers: bf16 autocast + channels_last + ``torch.compile`` on CUDA, plain fp32 eager on CPU.
+  input, cross-entropy, SGD) — forward + backward + optimizer step — at the precision, with
+  ``torch.compile`` on CUDA, eager on CPU.
 - ``methods``: every registered SSL method through the project's own engine: the model from
   ``method.build_model``, the on-device ``ImagePool``, ``bench.ssl.engine``'s step function
   (``compiled_step``), optimizer (``build_optimizer``) and schedule, with the engine's per-step

@@ -89,7 +89,7 @@ def stage_lines(record: dict[str, Any]) -> list[str]:
             f"  {run['shots']}-shot draw {run['draw']} ({run['precision']}): "
             f"pretraining {s.get('encoder', 0):.1f} s, fine-tuning steps "
             f"{s.get('finetune_train', 0):.1f} s, evaluations {s.get('finetune_eval', 0):.1f} s, "
-            f"run total {s.get('total', 0):.1f} s; honest test mIoU {run['honest']:.2f}"
+            f"run total {s.get('total', 0):.1f} s; honest test mIoU {100 * run['honest']:.2f} %"
         )
     if record["runs"]:
         lines.append(f"  start-up, data loading and storing: {record['wall_s'] - staged:.1f} s")
@@ -106,7 +106,9 @@ def paired_lines(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     if not keys:
         return []
     name_a, name_b = a["precision"], b["precision"]
-    lines = [f"paired honest test mIoU, {name_b} − {name_a}:"]
+    left = {k: 100 * v for k, v in left.items()}  # in %
+    right = {k: 100 * v for k, v in right.items()}
+    lines = [f"paired honest test mIoU (%), {name_b} − {name_a} (percentage points):"]
     for key in keys:
         lines.append(
             f"  {key[0]}-shot draw {key[1]}: {name_a} {left[key]:.2f}, {name_b} {right[key]:.2f}, "
@@ -133,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="comma list of precisions, each one command (default: auto)",
     )
-    parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    parser.add_argument(
+        "--out", type=Path, help="also write the figures as JSON here (after every command)"
+    )
     parser.add_argument("run_args", nargs="*", help="arguments of `bench run` (after --)")
     args = parser.parse_args(argv)
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
@@ -145,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             record = timed_run(precision, args.run_args, Path(folder))
         records.append(record)
         print("\n".join(stage_lines(record)), flush=True)
+        if args.out:  # after every command, so a stopped comparison keeps what it measured
+            args.out.write_text(json.dumps(records, indent=2) + "\n")
     if len(records) == 2:
         print("\n".join(paired_lines(*records)))
-    if args.out:
-        args.out.write_text(json.dumps(records, indent=2) + "\n")
     return 0 if all(r["exit_code"] == 0 for r in records) else 1
 
 
