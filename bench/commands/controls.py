@@ -86,6 +86,7 @@ def main(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise BenchError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
     command = _command(args)
+    commit = git_commit()  # the code that runs, before anything can change the checkout
     started = time.perf_counter()
     try:
         outcome = run_controls(
@@ -99,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
         "threads": torch.get_num_threads(),
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    data = to_json(outcome, git_commit(), extra)
+    data = to_json(outcome, commit, extra)
     write_json(out / "controls.json", data)
     (out / "controls.md").write_text(to_markdown(data, command), encoding="utf-8")
     plot(outcome).savefig(out / "controls.png", dpi=120)
