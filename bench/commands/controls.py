@@ -2,10 +2,11 @@
 negative control on generated micrographs (no data files needed).
 
 Positive: an encoder pretrained (supervised) on a pool of generated micrographs, against the random
-init it started from. Negative: the same pretraining, same budget, on pure-noise images. Every
-encoder is probed on the same shot draws; the exact sign-flip test over all 2^n sign patterns
-gives p, a Student-t interval the CI of the mean difference. Writes ``controls.json``,
-``controls.md`` and ``controls.png`` in ``--out``; exits with status 1 when a control fails.
+init it started from. Negative: the same pretraining, same budget, on pure-noise images, against
+random init. Structure: the positive against the negative encoder. Every encoder is probed on the
+same shot draws; the exact sign-flip test over all 2^n sign patterns gives p, a Student-t interval
+the CI of the mean difference. Writes ``controls.json``, ``controls.md`` and ``controls.png`` in
+``--out``; exits with status 1 when a comparison does not show what it must.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import shlex
 
 from bench.core.errors import BenchError
 
-OPTIONS = ("draws", "shots", "pool", "steps", "size", "test", "device", "threads", "out")
+OPTIONS = ("draws", "shots", "pool", "noise", "steps", "size", "test", "device", "threads", "out")
 MIN_DRAWS = 6
 """The exact two-sided test's smallest p is 2/2^n: n ≥ 6 draws can reach p < 0.05."""
 
@@ -30,7 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--draws", type=int, default=10, help="distinct shot draws (default: 10)")
     p.add_argument("--shots", type=int, default=2, help="labeled images per draw (default: 2)")
     p.add_argument(
-        "--pool", type=int, default=64, help="images of each pretraining pool (default: 64)"
+        "--pool", type=int, default=1200, help="images of each pretraining pool (default: 1200)"
+    )
+    p.add_argument(
+        "--noise",
+        default="white",
+        choices=["white", "spectral"],
+        help="the negative pool: i.i.d. Gaussian pixels, or micrograph power spectra with "
+        "random phases (default: white)",
     )
     p.add_argument("--steps", type=int, default=150, help="pretraining steps (default: 150)")
     p.add_argument("--size", type=int, default=128, help="generated image side (default: 128)")
@@ -74,6 +82,7 @@ def main(args: argparse.Namespace) -> int:
         draws=args.draws,
         shots=args.shots,
         pool=args.pool,
+        noise=args.noise,
         size=args.size,
         test=args.test,
         pretrain=dataclasses.replace(PretrainSettings(), steps=args.steps),

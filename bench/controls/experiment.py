@@ -38,9 +38,9 @@ class ControlsConfig:
     shot_pool: int = 24
     val: int = 3
     test: int = 6
-    pool: int = 64
-    """Images of each pretraining pool (structured and noise)."""
-    noise: str = "spectral"
+    pool: int = 1200
+    """Images of each pretraining pool (structured and noise); steps × batch size: each once."""
+    noise: str = "white"
     """The negative control's noise (``bench.controls.pools.noise_pool``): white or spectral."""
     encoder: str = "resnet18"
     init_seed: int = 0
@@ -50,22 +50,28 @@ class ControlsConfig:
 
 @dataclass(frozen=True)
 class Control:
-    """One control: pretraining on ``pool`` against random init, and the outcome it must show."""
+    """One paired comparison of probe scores, ``treated − baseline``, and what it must show."""
 
     name: str
-    pool: str
+    treated: str
+    baseline: str
     expect: str
-    """``better``: significantly above random init; ``not better``: not significantly above."""
+    """``better``: significantly above the baseline; ``not better``: not significantly above."""
 
     def passed(self, test: PairedTest) -> bool:
         above = test.significant and test.mean_diff > 0
         return above if self.expect == "better" else not above
 
 
+POOLS = {"positive": "structured", "negative": "noise"}
+"""The pretrained encoders, by the pool they are pretrained on."""
 CONTROLS = (
-    Control("positive", "structured", "better"),
-    Control("negative", "noise", "not better"),
+    Control("positive", "positive", BASELINE, "better"),
+    Control("negative", "negative", BASELINE, "not better"),
+    Control("structure", "positive", "negative", "better"),
 )
+"""The positive and negative controls, and what structured data adds over noise at the same
+budget (``structure``: the pretraining effect net of any effect of training as such)."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ class ControlsOutcome:
     """The shot stems of each draw."""
     scores: dict[str, list[float]]
     """Probe mIoU (honest protocol, validation-selected step) per draw: ``BASELINE`` and each
-    control's name."""
+    pretrained encoder (``POOLS``)."""
     tests: dict[str, PairedTest]
 
 
@@ -93,19 +99,14 @@ def run_controls(
     structured = structured_pool(cfg.pool, cfg.size)
     pools = {"structured": structured, "noise": noise_pool(structured, cfg.noise)}
     encoders: dict[str, nn.Module] = {BASELINE: start}
-    for control in CONTROLS:
-        announce(f"pretraining the {control.name} control on the {control.pool} pool")
+    for name, pool in POOLS.items():
+        announce(f"pretraining the {name} control on the {pool} pool ({len(pools[pool])} images)")
         state = pretrain_supervised(
-            start,
-            pools[control.pool],
-            card.num_classes,
-            cfg.pretrain,
-            cfg.init_seed,
-            f"pretrain ({control.pool})",
+            start, pools[pool], card.num_classes, cfg.pretrain, cfg.init_seed, f"pretrain {pool}"
         )
         encoder = build_encoder(cfg.encoder)
         load_strict(encoder, state, f"{cfg.encoder} encoder")
-        encoders[control.name] = encoder
+        encoders[name] = encoder
     scores: dict[str, list[float]] = {name: [] for name in encoders}
     for d, shots in enumerate(draws):
         announce(f"draw {d + 1}/{len(draws)}: shots {', '.join(s.stem for s in shots)}")
@@ -114,7 +115,7 @@ def run_controls(
                 encoder, shots, val, test, card, "card", cfg.probe, device, seed=d, label=name
             )
             scores[name].append(float(result.selected.test["honest"].score))
-    tests = {c.name: paired_test(scores[c.name], scores[BASELINE]) for c in CONTROLS}
+    tests = {c.name: paired_test(scores[c.treated], scores[c.baseline]) for c in CONTROLS}
     stems = [tuple(s.stem for s in shots) for shots in draws]
     return ControlsOutcome(cfg, stems, scores, tests)
 

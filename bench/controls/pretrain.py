@@ -65,10 +65,12 @@ def pretrain_supervised(
     images = torch.from_numpy(np.stack([item.image for item in pool]))
     masks = torch.from_numpy(np.stack([item.mask for item in pool]).astype(np.int64))
     rng = np.random.default_rng(seed)
+    order = epoch_order(len(pool), settings.steps * settings.batch_size, rng)
     with progress("loss") as bar:
         task = bar.add_task(label, total=settings.steps, loss="")
-        for _ in range(settings.steps):
-            x, y = random_crops(images, masks, settings.batch_size, settings.crop, rng)
+        for step in range(settings.steps):
+            batch = order[step * settings.batch_size : (step + 1) * settings.batch_size]
+            x, y = random_crops(images, masks, batch, settings.crop, rng)
             features = model(normalize_uint8(x))[2 : 2 + STAGES]
             logits = F.interpolate(head(features), size=y.shape[-2:], mode="bilinear")
             loss = F.cross_entropy(logits, y)
@@ -83,16 +85,27 @@ def pretrain_supervised(
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def epoch_order(pool_size: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` pool indices, epoch after epoch, each epoch a fresh permutation: every image is
+    used once before any is used again (a pool of ``steps × batch_size`` images: each once)."""
+    epochs = -(-count // pool_size)
+    return np.concatenate([rng.permutation(pool_size) for _ in range(epochs)])[:count]
+
+
 def random_crops(
-    images: torch.Tensor, masks: torch.Tensor, count: int, side: int, rng: np.random.Generator
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    indices: np.ndarray,
+    side: int,
+    rng: np.random.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` aligned ``side``² crops of random images (``N×H×W``), each flipped and turned
-    by a random multiple of 90°."""
-    n, h, w = images.shape
+    """Aligned ``side``² crops of the images (``N×H×W``) at ``indices``, each at a random place,
+    flipped and turned by a random multiple of 90°."""
+    _, h, w = images.shape
     if side > min(h, w):
         raise ValueError(f"crop side {side} exceeds the {h}×{w} images")
     xs, ys = [], []
-    for i in rng.integers(0, n, count):
+    for i in indices:
         top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
         x = images[i, top : top + side, left : left + side]
         y = masks[i, top : top + side, left : left + side]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from bench.controls.experiment import BASELINE, CONTROLS, ControlsOutcome
+from bench.controls.experiment import BASELINE, CONTROLS, POOLS, ControlsOutcome
 from bench.controls.pretrain import DESCRIPTION
 from bench.core.provenance import collect_versions
 
@@ -29,9 +29,8 @@ def control_rows(outcome: ControlsOutcome) -> list[dict[str, Any]]:
         rows.append(
             {
                 "control": control.name,
-                "method": f"{METHOD}, on {pool_label(outcome, control.pool)}",
-                "pool": control.pool,
-                "baseline": BASELINE,
+                "method": describe(outcome, control.treated),
+                "baseline": describe(outcome, control.baseline),
                 "mode": MODE,
                 "metric": "mIoU (honest protocol, validation-selected step)",
                 "n_draws": test.n,
@@ -44,6 +43,13 @@ def control_rows(outcome: ControlsOutcome) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def describe(outcome: ControlsOutcome, encoder: str) -> str:
+    """What an encoder of the outcome is, in words."""
+    if encoder == BASELINE:
+        return BASELINE
+    return f"{METHOD}, on {pool_label(outcome, POOLS[encoder])}"
 
 
 def pool_label(outcome: ControlsOutcome, pool: str) -> str:
@@ -85,14 +91,14 @@ def to_markdown(data: dict[str, Any], command: str) -> str:
         f"{cfg['test']} test images, {cfg['val']} validation images; {cfg['encoder']} encoder. "
         f"Baseline: the {BASELINE} encoder that both pretrainings start from.",
         "",
-        "| control | method | n draws | mean Δ mIoU | 95% CI | p (sign-flip) | wins | "
+        "| control | encoder | against | n draws | mean Δ mIoU | 95% CI | p (sign-flip) | wins | "
         "expected | passed |",
-        "|---|---|---:|---:|---|---:|---:|---|---|",
+        "|---|---|---|---:|---:|---|---:|---:|---|---|",
     ]
     for row in data["controls"]:
         low, high = row["ci95"]
         lines.append(
-            f"| {row['control']} | {row['method']} | {row['n_draws']} | "
+            f"| {row['control']} | {row['method']} | {row['baseline']} | {row['n_draws']} | "
             f"{100 * row['mean_diff']:+.1f} | [{100 * low:+.1f}, {100 * high:+.1f}] | "
             f"{row['p']:.4f} | {row['wins']}/{row['n_draws']} | {row['expect']} | "
             f"{'yes' if row['passed'] else 'NO'} |"
@@ -114,14 +120,14 @@ def to_markdown(data: dict[str, Any], command: str) -> str:
 
 def plot(outcome: ControlsOutcome) -> Figure:
     """Per-draw differences from random init (dots), their mean and 95% interval, per control."""
-    figure = Figure(figsize=(6.0, 3.2), layout="constrained")
+    figure = Figure(figsize=(7.5, 3.4), layout="constrained")
     ax = figure.add_subplot()
-    baseline = np.asarray(outcome.scores[BASELINE])
     for i, control in enumerate(CONTROLS):
-        diffs = 100 * (np.asarray(outcome.scores[control.name]) - baseline)
+        treated = np.asarray(outcome.scores[control.treated])
+        diffs = 100 * (treated - np.asarray(outcome.scores[control.baseline]))
         test = outcome.tests[control.name]
         jitter = np.linspace(-0.12, 0.12, diffs.size)
-        ax.scatter(i + jitter, diffs, s=14, alpha=0.6, color="C0" if i == 0 else "C3")
+        ax.scatter(i + jitter, diffs, s=14, alpha=0.6, color=f"C{i}")
         ax.errorbar(
             [i + 0.3],
             [100 * test.mean_diff],
@@ -138,8 +144,8 @@ def plot(outcome: ControlsOutcome) -> Figure:
         )
     ax.axhline(0, color="grey", lw=0.8, ls="--")
     ax.set_xticks(range(len(CONTROLS)))
-    ax.set_xticklabels([f"{c.name}\n({pool_label(outcome, c.pool)})" for c in CONTROLS])
+    ax.set_xticklabels([f"{c.name}\n{c.treated} − {c.baseline}" for c in CONTROLS])
     ax.set_xlim(-0.5, len(CONTROLS) - 0.3)
-    ax.set_ylabel("Δ probe mIoU vs random init (points)")
-    ax.set_title(f"Controls: per-draw paired differences, n = {len(baseline)}", fontsize=10)
+    ax.set_ylabel("Δ probe mIoU (points)")
+    ax.set_title(f"Controls: per-draw paired differences, n = {len(outcome.draws)}", fontsize=10)
     return figure

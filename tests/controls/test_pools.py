@@ -7,7 +7,7 @@ import torch
 
 from bench.controls.experiment import shot_draws
 from bench.controls.pools import evaluation_card, noise_pool, part, structured_pool
-from bench.controls.pretrain import random_crops
+from bench.controls.pretrain import epoch_order, random_crops
 
 
 def test_pretraining_pool_shares_no_image_with_evaluation() -> None:
@@ -45,6 +45,13 @@ def test_draws_are_distinct_and_repeatable() -> None:
 def test_crops_keep_image_and_mask_aligned() -> None:
     images = torch.arange(2 * 8 * 8, dtype=torch.uint8).reshape(2, 8, 8)
     masks = images.long()
-    x, y = random_crops(images, masks, 16, 4, np.random.default_rng(0))
+    x, y = random_crops(images, masks, np.array([0, 1] * 8), 4, np.random.default_rng(0))
     assert x.shape == (16, 4, 4) and y.shape == (16, 4, 4)
     assert torch.equal(x.long(), y)
+
+
+def test_every_image_is_used_once_before_any_twice() -> None:
+    order = epoch_order(5, 12, np.random.default_rng(0))
+    assert len(order) == 12
+    assert sorted(order[:5]) == sorted(order[5:10]) == list(range(5))
+    assert len(set(epoch_order(100, 100, np.random.default_rng(1)))) == 100
