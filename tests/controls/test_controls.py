@@ -7,7 +7,7 @@ import json
 
 from tests.test_cli import assert_user_error
 
-SMALL = ["--draws", 6, "--pool", 240, "--steps", 30, "--test", 3]
+SMALL = ["--draws", 6, "--pool", 160, "--steps", 20, "--test", 3]
 
 
 def test_controls_find_the_known_directions(cli, tmp_path) -> None:
@@ -19,6 +19,7 @@ def test_controls_find_the_known_directions(cli, tmp_path) -> None:
     positive, negative, structure = rows["positive"], rows["negative"], rows["structure"]
     assert positive["mean_diff"] > 0 and positive["ci95"][0] < positive["mean_diff"]
     assert structure["mean_diff"] > 0  # micrographs teach more than noise at the same budget
+    # the negative control's verdict follows its rule (at full size it fails: see README, Controls)
     assert negative["passed"] == (not (negative["p"] < 0.05 and negative["mean_diff"] > 0))
     scores = data["scores"]
     assert len({tuple(d) for d in data["draws"]}) == 6 and set(scores) == {
