@@ -20,6 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("bench.profiles",),
     ("bench.runner",),
     ("bench.sweeps", "bench.reporting"),
+    ("bench.controls",),
     ("bench.perf",),
     ("bench.commands",),
     ("bench.cli", "bench.__main__"),
