@@ -95,6 +95,7 @@ def test_missing_data_root(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         str(missing / "metaldam"),
         "bench data fetch metaldam",
         "BENCH_DATA_ROOT",
+        "--dataset synthetic",
     )
     monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "from-env"))
     argv = ["run", "--method", "scratch", "--dataset", "ebc1", "--profile", "smoke"]

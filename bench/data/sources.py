@@ -96,7 +96,8 @@ class FileSource(Source):
             raise BenchError(
                 f"dataset '{self.card.name}' not found: {folder} does not exist. Point --data-root "
                 f"or ${DATA_ROOT_ENV} at a prepared data root, or run `python -m bench data fetch "
-                f"{self.card.name}`"
+                f"{self.card.name}` (README 'Get the data'); without data or internet, "
+                "`--dataset synthetic` runs the whole pipeline on generated images"
             )
         return folder
 
