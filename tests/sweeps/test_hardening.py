@@ -331,3 +331,25 @@ def test_printed_commands_are_complete(cli, tmp_path: Path, monkeypatch) -> None
     absolute = f"journal://{tmp_path / 'rel' / 'j.log'}"
     assert f"python -m bench status --name sweep-smoke --storage {absolute}" in out
     assert f"--storage {absolute}" in out.split("python -m bench worker", 1)[1]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_status_shows_each_workers_last_heartbeat(cli, tmp_path: Path, kind: str) -> None:
+    from bench.sweeps.studies import create_study, open_storage
+    from bench.sweeps.workers import claim
+
+    url = storage_url(tmp_path, kind)
+    opened = open_storage(url)
+    study = create_study(opened, "live", heartbeat=30, grace=60)
+    study.enqueue_trial({}, user_attrs={"grid_key": "g", "label": "scratch synthetic 1-shot"})
+    trial = claim(study, opened)
+    assert trial is not None
+    trial.set_user_attr("worker", "node3:4242")
+    code, out, _ = cli(["status", "--storage", url, "--name", "live"])
+    assert code == 0
+    [line] = [ln for ln in out.splitlines() if ln.startswith("worker node3:4242")]
+    assert "scratch synthetic 1-shot, last heartbeat" in line and "grace" not in line
+    study.set_user_attr("grace_s", 1)  # as if the study had a 1 s grace: the claim is too old
+    time.sleep(1.5)
+    _, out, _ = cli(["status", "--storage", url, "--name", "live"])
+    assert "over the 1 s grace: worker gone, the trial will be retried" in out
