@@ -389,6 +389,14 @@ def follow(study, job_id: str, folder: Path, tasks: int, poll: float = 5.0) -> i
             unseen_since = time.time()
         ended = len(states) == tasks and all(t.ended for t in states.values())
         lost = not states and time.time() - unseen_since > 60  # the scheduler forgot the job
+        stuck = [t for t in states.values() if not t.ended and not t.stuck]
+        if states and not stuck and not ended:
+            err_console.print(
+                f"every unfinished task of job {job_id} is pending for a reason that will not "
+                f"clear; cancel it with `scancel {job_id}`, change the option and re-run",
+                highlight=False,
+            )
+            return 1
         if ended or lost:
             break
         time.sleep(poll)
