@@ -8,7 +8,9 @@ store. Grid points with more shots than a dataset's pool are skipped with a note
 Workers: ``--workers N`` local processes (default: one per GPU × ``--workers-per-gpu``, each pinned
 with CUDA_VISIBLE_DEVICES; one on CPU, which runs in this process); ``--workers 0`` only enqueues
 (start workers with the printed ``bench worker`` command on any machine); ``--launcher slurm``
-submits N workers as a SLURM job array (submitit). ``bench status --name NAME`` shows progress.
+submits N workers as a SLURM job array (submitit) and follows its tasks until they end (pending
+reasons, failed tasks with their first error line; ``--detach`` returns at once).
+``bench status --name NAME --storage URL`` shows progress.
 """
 
 from __future__ import annotations
