@@ -8,7 +8,9 @@ store. Grid points with more shots than a dataset's pool are skipped with a note
 Workers: ``--workers N`` local processes (default: one per GPU × ``--workers-per-gpu``, each pinned
 with CUDA_VISIBLE_DEVICES; one on CPU, which runs in this process); ``--workers 0`` only enqueues
 (start workers with the printed ``bench worker`` command on any machine); ``--launcher slurm``
-submits N workers as a SLURM job array (submitit). ``bench status --name NAME`` shows progress.
+submits N workers as a SLURM job array (submitit) and follows its tasks until they end (pending
+reasons, failed tasks with their first error line; ``--detach`` returns at once).
+``bench status --name NAME --storage URL`` shows progress.
 """
 
 from __future__ import annotations
@@ -404,6 +406,14 @@ def follow(study, job_id: str, folder: Path, tasks: int, poll: float = 5.0) -> i
             unseen_since = time.time()
         ended = len(states) == tasks and all(t.ended for t in states.values())
         lost = not states and time.time() - unseen_since > 60  # the scheduler forgot the job
+        stuck = [t for t in states.values() if not t.ended and not t.stuck]
+        if states and not stuck and not ended:
+            err_console.print(
+                f"every unfinished task of job {job_id} is pending for a reason that will not "
+                f"clear; cancel it with `scancel {job_id}`, change the option and re-run",
+                highlight=False,
+            )
+            return 1
         if ended or lost:
             break
         time.sleep(poll)

@@ -196,6 +196,11 @@ class TaskState:
     def ended(self) -> bool:
         return self.state.split()[0] in ENDED
 
+    @property
+    def stuck(self) -> bool:
+        """Pending for a reason that will not clear by waiting."""
+        return self.state == "PENDING" and any(self.reason.startswith(r) for r in NEVER_STARTS)
+
 
 def scheduler_states(job_id: str) -> dict[int, TaskState]:
     """Each array task's state from ``sacct`` (when accounting works) and ``squeue`` (live,
@@ -262,7 +267,7 @@ def describe_task(folder: Path, job_id: str, task: TaskState) -> str:
     line = f"task {task.index}: {task.state}"
     if task.state == "PENDING" and task.reason:
         line += f" ({task.reason})"
-        if any(task.reason.startswith(r) for r in NEVER_STARTS):
+        if task.stuck:
             line += " — it will not start as submitted; change the --slurm-* options"
     elif task.ended and task.state != "COMPLETED":
         line += f": {first_error_line(folder, job_id, task.index)}"

@@ -53,6 +53,7 @@ from optuna.storages import (
     RDBStorage,
     RetryHeartbeatStaleTrialCallback,
 )
+from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled  # since Optuna 2
 from optuna.trial import FrozenTrial, TrialState
 
@@ -570,6 +571,8 @@ def heartbeat_ages(study: optuna.Study) -> dict[int, float]:
     """Seconds since each running trial's last heartbeat (trial number → age), by the storage's
     clock for database storages (the database's time) and the wall clock for journal files."""
     storage = study._storage
+    if isinstance(storage, _CachedStorage):  # how Optuna wraps an RDB storage
+        storage = storage._backend
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if isinstance(storage, HeartbeatJournalStorage):
         now = time.time()

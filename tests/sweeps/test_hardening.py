@@ -19,10 +19,29 @@ from tests.helpers.paths import REPO
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
+KINDS = ["sqlite", "journal", "postgresql"]
+
+
 def storage_url(tmp_path: Path, kind: str, stem: str = "s") -> str:
+    """A fresh storage of ``kind``; for PostgreSQL a new database on the test server."""
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / f'{stem}.sqlite'}"
-    return f"journal:///{tmp_path / f'{stem}.log'}"
+    if kind == "journal":
+        return f"journal:///{tmp_path / f'{stem}.log'}"
+    server = os.environ.get("BENCH_TEST_POSTGRES_URL")
+    if not server:
+        pytest.skip("no PostgreSQL server: set BENCH_TEST_POSTGRES_URL (.ci/run starts one)")
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return make_url(server).set(database=name).render_as_string(hide_password=False)
 
 
 CLAIM_AND_DIE = textwrap.dedent("""
@@ -36,7 +55,7 @@ CLAIM_AND_DIE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_worker_killed_between_claim_and_heartbeat_is_recovered(tmp_path: Path, kind: str) -> None:
     from optuna.trial import TrialState
 
@@ -56,7 +75,7 @@ def test_worker_killed_between_claim_and_heartbeat_is_recovered(tmp_path: Path, 
     assert trials[1].user_attrs == {"grid_key": "g", "label": "point"}
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_workers_use_the_studys_heartbeat_not_their_flags(tmp_path: Path, kind: str) -> None:
     """A worker started with a 1 s grace must not fail a live trial of a study beating every 4 s."""
     from optuna.trial import TrialState
@@ -109,7 +128,7 @@ ENQUEUER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_two_sweeps_enqueueing_at_once_on_a_fresh_storage(tmp_path: Path, kind: str) -> None:
     """Both processes succeed (no "table already exists") and every grid point is queued once."""
     from bench.sweeps.studies import load_study, open_storage
@@ -312,3 +331,25 @@ def test_printed_commands_are_complete(cli, tmp_path: Path, monkeypatch) -> None
     absolute = f"journal://{tmp_path / 'rel' / 'j.log'}"
     assert f"python -m bench status --name sweep-smoke --storage {absolute}" in out
     assert f"--storage {absolute}" in out.split("python -m bench worker", 1)[1]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_status_shows_each_workers_last_heartbeat(cli, tmp_path: Path, kind: str) -> None:
+    from bench.sweeps.studies import create_study, open_storage
+    from bench.sweeps.workers import claim
+
+    url = storage_url(tmp_path, kind)
+    opened = open_storage(url)
+    study = create_study(opened, "live", heartbeat=30, grace=60)
+    study.enqueue_trial({}, user_attrs={"grid_key": "g", "label": "scratch synthetic 1-shot"})
+    trial = claim(study, opened)
+    assert trial is not None
+    trial.set_user_attr("worker", "node3:4242")
+    code, out, _ = cli(["status", "--storage", url, "--name", "live"])
+    assert code == 0
+    [line] = [ln for ln in out.splitlines() if ln.startswith("worker node3:4242")]
+    assert "scratch synthetic 1-shot, last heartbeat" in line and "grace" not in line
+    study.set_user_attr("grace_s", 1)  # as if the study had a 1 s grace: the claim is too old
+    time.sleep(1.5)
+    _, out, _ = cli(["status", "--storage", url, "--name", "live"])
+    assert "over the 1 s grace: worker gone, the trial will be retried" in out

@@ -114,3 +114,25 @@ def test_a_task_failing_at_start_is_reported_with_its_error(
     )
     assert "task 0: FAILED: error: module cuda/12 not found" in out
     assert shutil.which("sbatch") == str(slurm / "sbatch")
+
+
+def test_a_request_no_node_can_meet_is_reported_not_followed_forever(
+    slurm: Path, cli, tmp_path: Path
+) -> None:
+    code, out, err = cli(slurm_sweep(tmp_path, "big", "--slurm-cpus", "4096"))
+    job = out.split("job ", 1)[1].split()[0]
+    subprocess.run([str(slurm / "scancel"), job], check=False)
+    assert code == 1, out + err
+    assert "task 0: PENDING (PartitionConfig)" in out + err
+    assert "it will not start as submitted" in out + err and f"scancel {job}" in err
+
+
+def test_a_pending_task_says_why_and_whether_it_can_start() -> None:
+    from bench.sweeps.slurm import TaskState, describe_task
+
+    folder = Path("/nonexistent")
+    assert describe_task(folder, "7", TaskState(0, "PENDING", "Priority")) == (
+        "task 0: PENDING (Priority)"
+    )
+    never = describe_task(folder, "7", TaskState(1, "PENDING", "ReqNodeNotAvail, UnavailableNodes"))
+    assert never.endswith("it will not start as submitted; change the --slurm-* options")
