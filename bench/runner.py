@@ -287,6 +287,8 @@ def run_one(
                 results[mode] = _probe(run, env, encoder.weights, f"{label} probe")
             seconds[mode] = time.time() - began
         rows = [row for mode, result in results.items() for row in metric_rows(result, mode)]
+        for mode, result in results.items():  # each mode's stages: training steps, evaluations
+            seconds |= {f"{mode}_{stage}": t for stage, t in result.seconds.items()}
         seconds["total"] = time.time() - started
         summary: dict[str, Any] = {
             **encoder.info,
@@ -388,7 +390,6 @@ def _training_record(result: FinetuneResult) -> dict[str, Any]:
             }
             for e in result.evals
         ],
-        "seconds": result.seconds,
     }
 
 

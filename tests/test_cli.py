@@ -339,6 +339,10 @@ def test_run_output_fits_80_columns_and_shows_every_stored_score(
     assert max(len(line) for line in out.splitlines()) <= 80, out
     assert "…" not in out
     header = next(line.split() for line in out.splitlines() if line.split()[:2] == ["draw", "mode"])
+    for run in ResultStore(tmp_store_url).runs():  # every stage's time is kept with the run
+        assert {"encoder", "finetune", "probe", "total", "finetune_train", "finetune_eval"} <= set(
+            run.summary["seconds"]
+        ), run.summary["seconds"]
     frame = ResultStore(tmp_store_url).metrics_frame(metric="score", selection="val")
     for draw in (0, 1):
         for mode in ("finetune", "probe"):
