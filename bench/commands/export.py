@@ -74,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
     card = json.loads((out / CARD_FILE).read_text())
     console.print(
         f"exported {args.method} ({run.cfg.encoder}, hash {card['hash']}) to "
-        f"{out / ENCODER_FILE} with {out / CARD_FILE}"
+        f"{out / ENCODER_FILE} with {out / CARD_FILE}",
+        markup=False,
     )
     return 0

@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     )
     print_leaderboard(board)
     for path in write_leaderboard(board, args.out or results_dir()):
-        console.print(f"wrote {path}", highlight=False)
+        console.print(f"wrote {path}", markup=False, highlight=False)
     return 0
 
 

@@ -116,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
         threads=threads,
         dataset=args.dataset,
         command=command,
-        log=lambda msg: err_console.print(f"[dim]perf:[/] {msg}"),
+        log=lambda msg: err_console.print(f"perf: {msg}", style="dim", markup=False),
     )
     record = run_perf(opts)
     path = write_record(record, Path(args.out) if args.out else results_dir() / "perf")
@@ -124,5 +124,5 @@ def main(args: argparse.Namespace) -> int:
     compare = render_precision_table(record)
     if compare is not None:
         console.print(compare)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path}", markup=False)
     return 0

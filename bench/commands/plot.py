@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rich.text import Text
+
 from bench.commands._common import add_data_root
 from bench.commands.leaderboard import add_filters, filters_text
 
@@ -44,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
         results, resolve_data_root(args.data_root), args.baseline, args.aggregate_splits
     )
     for path in save_plots(plots, args.out or results_dir() / "plots"):
-        console.print(f"wrote {path}", highlight=False)
+        console.print(f"wrote {path}", markup=False, highlight=False)
     for note in plots.notes:
-        console.print(f"[yellow]skipped:[/] {note}", highlight=False)
+        console.print(Text.assemble(("skipped:", "yellow"), f" {note}"), highlight=False)
     return 0

@@ -51,5 +51,5 @@ def main(args: argparse.Namespace) -> int:
     )
     out = args.out or results_dir() / "report.html"
     path = write_report(build_report(results, board, plots), out)
-    console.print(f"wrote {path}", highlight=False)
+    console.print(f"wrote {path}", markup=False, highlight=False)
     return 0

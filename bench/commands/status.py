@@ -83,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.name:
         names = study_names(opened)
         if not names:
-            console.print(f"no studies in {opened.shown}", highlight=False)
+            console.print(f"no studies in {opened.shown}", markup=False, highlight=False)
             return 0
         table = Table(title=f"Studies in {opened.shown}")
         for col in ("study", "kind", "done", "running", "waiting", "failed", "pruned", "total"):

@@ -19,6 +19,8 @@ import argparse
 import time
 from pathlib import Path
 
+from rich.markup import escape
+
 from bench.commands._common import (
     add_params_source,
     add_run_options,
@@ -173,7 +175,7 @@ def main(args: argparse.Namespace) -> int:
     )
     specs, notes = expand_grid(grid, args.data_root)
     for note in param_notes + notes:
-        err_console.print(f"[yellow]{note}[/]", highlight=False)
+        err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
     if not specs:
         raise BenchError("the grid is empty: every shots level is larger than its dataset's pool")
 
@@ -192,6 +194,7 @@ def main(args: argparse.Namespace) -> int:
         f"sweep '{name}' ({opened.shown}): {len(specs)} grid points — {report.added} enqueued"
         + (f" ({report.retried} failed before, retried)" if report.retried else "")
         + f", {report.done} done, {report.pending} already waiting or running",
+        markup=False,
         highlight=False,
     )
 
@@ -280,8 +283,8 @@ def _run_local(study, shown: str, plan, opts, log_dir: Path) -> None:
         if proc.returncode:
             tail = log.read_text(errors="replace").splitlines()[-15:]
             err_console.print(
-                f"[red]worker {i} exited with status {proc.returncode}[/]; end of {log}:\n"
-                + "\n".join(tail),
+                f"[red]worker {i} exited with status {proc.returncode}[/]; end of "
+                + escape(f"{log}:\n" + "\n".join(tail)),
                 highlight=False,
             )
 
@@ -375,6 +378,7 @@ def _slurm(args: argparse.Namespace, study, opts, results: Path) -> int:
     console.print(
         f"submitted {len(jobs)} SLURM workers: job {job_id} (logs in {settings.folder})\n"
         f"follow with: {_status_command(opts)}" + _secret_note(opts),
+        markup=False,
         highlight=False,
         soft_wrap=True,
     )

@@ -213,6 +213,9 @@ def test_cli_writes_files_and_empty_store_exits_2(store_url: str, tmp_path: Path
     )
     assert code == 0 and "sign-flip" in stdout
     assert (out / "leaderboard.md").stat().st_size > 0
+    odd = tmp_path / "[fetch] out [/]"  # a folder name is printed as it is, never as markup
+    code, stdout, _ = cli(["leaderboard", "--store", store_url, "--out", odd])
+    assert code == 0 and f"wrote {odd / 'leaderboard.md'}" in stdout.replace("\n", "")
     empty = f"sqlite:///{tmp_path / 'empty.sqlite'}"
     code, _, stderr = cli(["leaderboard", "--store", empty, "--out", tmp_path / "none"])
     assert code == 2 and "no succeeded runs" in stderr
