@@ -129,6 +129,8 @@ class Leaderboard:
     cells: pd.DataFrame  # every number, one row per (section, method, shots, mode[, class]); CSV
     store_url: str
     generated: datetime
+    commits: tuple[str, ...] = ()
+    """The harness commits the runs come from (``-dirty``: uncommitted changes)."""
 
 
 SECTION_KEYS = ("dataset", "split_group", "pool", "protocol", "profile")
@@ -163,7 +165,25 @@ def build_leaderboard(
     cells = pd.DataFrame(rows, columns=list(CELL_COLUMNS)).astype(
         {"class_id": "Int64", "n": "Int64", "n_failed": "Int64", "n_pairs": "Int64"}
     )
-    return Leaderboard(tuple(sections), cells, results.store_url, datetime.now(timezone.utc))
+    commits = tuple(sorted(results.runs["git_commit"].fillna("unknown").unique()))
+    return Leaderboard(
+        tuple(sections), cells, results.store_url, datetime.now(timezone.utc), commits
+    )
+
+
+def provenance_line(commits: tuple[str, ...]) -> str:
+    """Which harness commits the runs come from, and whether any had uncommitted changes."""
+    if not commits:
+        return "no runs."
+    dirty = [c for c in commits if c.endswith("-dirty") or c == "unknown"]
+    shown = ", ".join(f"`{c[:12]}{'-dirty' if c.endswith('-dirty') else ''}`" for c in commits)
+    if len(commits) == 1 and not dirty:
+        return f"every run from one clean commit, {shown}."
+    return (
+        f"runs from {len(commits)} commit(s), {shown}"
+        + (f"; {len(dirty)} with uncommitted changes or unknown" if dirty else "")
+        + ": regenerate from one clean commit before publishing."
+    )
 
 
 def with_split_groups(metrics: pd.DataFrame, aggregate_splits: bool) -> pd.DataFrame:
@@ -205,7 +225,8 @@ def markdown_document(board: Leaderboard) -> str:
     parts = [
         "# MicroSSL-Bench leaderboard",
         "",
-        f"Generated {board.generated:%Y-%m-%d %H:%M} UTC from `{board.store_url}`.",
+        f"Generated {board.generated:%Y-%m-%d %H:%M} UTC from `{board.store_url}`; "
+        f"{provenance_line(board.commits)}",
         "",
         METHODS_NOTE,
     ]

@@ -220,3 +220,13 @@ def test_cli_writes_files_and_empty_store_exits_2(store_url: str, tmp_path: Path
     code, _, stderr = cli(["leaderboard", "--store", empty, "--out", tmp_path / "none"])
     assert code == 2 and "no succeeded runs" in stderr
     assert not (tmp_path / "none").exists()
+
+
+def test_the_leaderboard_says_which_commits_its_runs_come_from() -> None:
+    from bench.reporting.leaderboard import provenance_line
+
+    clean = "0123456789abcdef0123456789abcdef01234567"
+    assert provenance_line((clean,)) == "every run from one clean commit, `0123456789ab`."
+    mixed = provenance_line((clean, "fedcba9876543210fedcba9876543210fedcba98-dirty"))
+    assert mixed.startswith("runs from 2 commit(s), `0123456789ab`, `fedcba987654-dirty`")
+    assert "1 with uncommitted changes" in mixed and "regenerate" in mixed
