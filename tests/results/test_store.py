@@ -272,10 +272,12 @@ def test_default_url_and_sqlite_parent_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("BENCH_STORE", raising=False)
-    assert default_store_url() == "sqlite:///results/bench.sqlite"
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "res"))  # the results folder, not the cwd
+    assert default_store_url() == f"sqlite:///{tmp_path / 'res' / 'bench.sqlite'}"
     monkeypatch.chdir(tmp_path)
     ResultStore()
-    assert (tmp_path / "results" / "bench.sqlite").is_file()
+    assert (tmp_path / "res" / "bench.sqlite").is_file()
+    assert not (tmp_path / "results").exists()
 
     monkeypatch.setenv("BENCH_STORE", f"sqlite:///{tmp_path / 'deep' / 'er' / 'x.sqlite'}")
     assert ResultStore().url == default_store_url()
