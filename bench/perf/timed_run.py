@@ -59,7 +59,9 @@ def timed_run(precision: str, run_args: list[str], folder: Path) -> dict[str, An
         return record
     results = ResultStore(store)
     frame = results.metrics_frame(metric="score", split_part="test", selection="val")
-    honest = frame[frame.protocol == "honest"].set_index("run_id").value
+    honest = frame[(frame.protocol == "honest") & (frame["mode"] == "finetune")]
+    probe = frame[(frame.protocol == "honest") & (frame["mode"] == "probe")]
+    honest, probe = honest.set_index("run_id").value, probe.set_index("run_id").value
     for run in results.runs(status="succeeded"):
         summary = run.summary or {}
         record["runs"].append(
@@ -68,6 +70,7 @@ def timed_run(precision: str, run_args: list[str], folder: Path) -> dict[str, An
                 "draw": run.draw,
                 "precision": run.config.get("precision"),
                 "honest": float(honest.get(run.id, float("nan"))),
+                "probe_honest": float(probe.get(run.id, float("nan"))),
                 "seconds": summary.get("seconds", {}),
             }
         )
@@ -89,6 +92,7 @@ def stage_lines(record: dict[str, Any]) -> list[str]:
             f"  {run['shots']}-shot draw {run['draw']} ({run['precision']}): "
             f"pretraining {s.get('encoder', 0):.1f} s, fine-tuning steps "
             f"{s.get('finetune_train', 0):.1f} s, evaluations {s.get('finetune_eval', 0):.1f} s, "
+            f"probe {s.get('probe', 0):.1f} s, "
             f"run total {s.get('total', 0):.1f} s; honest test mIoU {100 * run['honest']:.2f} %"
         )
     if record["runs"]:
