@@ -148,6 +148,16 @@ def evaluate(
                 pred = predict(model, item.image, device, 0, size, None, precision)
                 cm.update(pred, resize_mask(item.mask, size))
         matrices[size] = cm.matrix
+    return protocol_results(matrices, card, protocols)
+
+
+def protocol_results(
+    matrices: dict[tuple[int, int] | None, np.ndarray],
+    card: DatasetCard,
+    protocols: list[ProtocolSpec],
+) -> dict[str, ProtocolResult]:
+    """Every protocol's score and summary from the confusion matrix of its evaluation resolution
+    (``matrices`` keyed by resize, None = native)."""
     results = {}
     for spec in protocols:
         cm = matrices[spec.resize]

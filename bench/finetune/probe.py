@@ -43,8 +43,8 @@ from bench.core.console import progress
 from bench.core.precision import Precision, resolve_precision
 from bench.data.cards import DatasetCard, ProtocolSpec
 from bench.data.images import LabeledImage
-from bench.finetune.inference import ProtocolResult
-from bench.finetune.metrics import ConfusionMatrix, merge_classes, protocol_score, summarize
+from bench.finetune.inference import ProtocolResult, protocol_results
+from bench.finetune.metrics import ConfusionMatrix
 from bench.finetune.train import EvalPoint, FinetuneResult
 from bench.models.inputs import normalize_uint8
 from bench.models.scale import labeled_at_scale, resize_image, resize_mask, resolve_scale
@@ -232,7 +232,7 @@ class _EvalSet:
             ]
 
     def score(self, head: LinearProbe, card: DatasetCard) -> dict[str, ProtocolResult]:
-        matrices = {}
+        matrices: dict[tuple[int, int] | None, np.ndarray] = {}
         for size, features in self.features.items():
             cm = ConfusionMatrix(card.num_classes)
             for item, feats in zip(self.images, features, strict=True):
@@ -242,14 +242,7 @@ class _EvalSet:
                 )
                 cm.update(logits.argmax(1)[0].cpu().numpy(), mask)
             matrices[size] = cm.matrix
-        results = {}
-        for spec in self.protocols:
-            cm = matrices[spec.resize]
-            merged = merge_classes(cm, spec.merge) if spec.merge else cm
-            results[spec.name] = ProtocolResult(
-                protocol_score(cm, spec, card.background), summarize(merged, card.background)
-            )
-        return results
+        return protocol_results(matrices, card, self.protocols)
 
 
 def _fed(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
