@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from scipy.ndimage import gaussian_filter
 
 from bench.core.errors import BenchError
 from bench.data.cards import DatasetCard
@@ -109,6 +108,8 @@ def _thumbnail(path: Path, item: Item) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise BenchError(f"image {path} cannot be read (corrupt or not an image): {exc}") from None
     detail = np.asarray(large, dtype=np.float64)
+    from scipy.ndimage import gaussian_filter  # scipy loads only when thumbnails are computed
+
     detail = detail - gaussian_filter(detail, BLUR_SIGMA)
     arr = detail.reshape(THUMB, 2, THUMB, 2).mean(axis=(1, 3))
     arr = arr - arr.mean()

@@ -23,11 +23,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from scipy import optimize
-from scipy import stats as sps
+
+if TYPE_CHECKING:  # pandas and scipy load when a function needs them: `bench run` prints a table
+    import pandas as pd
 
 PAIR_KEYS = ("dataset", "split", "shots_label", "draw", "profile", "pool", "mode")
 CONFIDENCE = 0.95
@@ -126,6 +127,8 @@ def t_interval(x: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, fl
     n = x.size
     if n < 2:
         return math.nan, math.nan
+    from scipy import stats as sps
+
     half = float(sps.t.ppf(0.5 + confidence / 2, n - 1)) * float(x.std(ddof=1)) / math.sqrt(n)
     return float(x.mean()) - half, float(x.mean()) + half
 
@@ -245,6 +248,9 @@ def min_detectable_effect(diffs: np.ndarray, alpha: float = ALPHA, power: float 
     if sd == 0:
         return 0.0
     df = n - 1
+    from scipy import optimize
+    from scipy import stats as sps
+
     crit = float(sps.t.ppf(1 - alpha / 2, df))
 
     def shortfall(effect: float) -> float:

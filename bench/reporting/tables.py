@@ -11,11 +11,13 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import pandas as pd
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:  # pandas loads with the first frame: `bench run`'s table needs none
+    import pandas as pd
 
 MISSING = "–"
 LATEX_SPECIALS = {
@@ -64,6 +66,8 @@ def separated_best(estimates: pd.DataFrame) -> pd.DataFrame:
     best's 95% CI lies entirely above the runner-up's (both CIs defined, so n ≥ 2 each). A lone
     cell, a tie or overlapping intervals mark nothing: the best is not separated.
     """
+    import pandas as pd
+
     bold = pd.DataFrame(False, index=estimates.index, columns=estimates.columns)
     for j in range(estimates.shape[1]):
         found = [

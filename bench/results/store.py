@@ -22,9 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import (
     JSON,
     Column,
@@ -51,6 +50,9 @@ from bench.core.errors import BenchError
 from bench.core.paths import default_store_url
 from bench.core.provenance import collect_versions, git_commit
 from bench.core.urls import mask_password
+
+if TYPE_CHECKING:  # pandas loads with the first frame: a run never needs it
+    import pandas as pd
 
 OPEN_STATUSES = ("running", "failed")  # a run in these states may still finish or fail
 
@@ -284,6 +286,8 @@ class ResultStore:
 
     def runs_frame(self, **filters: Any) -> pd.DataFrame:
         """``runs(**filters)`` as a DataFrame, one row per run."""
+        import pandas as pd
+
         return pd.DataFrame([asdict(r) for r in self.runs(**filters)], columns=list(RUN_FIELDS))
 
     def metrics_frame(self, status: str | None = "succeeded", **filters: Any) -> pd.DataFrame:
@@ -304,6 +308,8 @@ class ResultStore:
             .where(*_conditions(columns, {**filters, "status": status}))
             .order_by(metrics_table.c.id)
         )
+        import pandas as pd
+
         with self.engine.connect() as conn:
             frame = pd.DataFrame(conn.execute(stmt).all(), columns=shown)
         return frame.astype({"class_id": "Int64", "value": "float64"})
