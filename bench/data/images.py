@@ -158,18 +158,25 @@ def read_mask(path: Path, card: DatasetCard) -> np.ndarray:
                 "class id per pixel"
             )
         arr = arr[..., channel]
-    arr = arr.astype(np.int64)
+    if arr.dtype.kind == "b" or (arr.dtype.kind == "f" and np.array_equal(arr, np.round(arr))):
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "ui" or (arr.dtype.kind == "i" and arr.size and arr.min() < 0):
+        raise BenchError(f"mask {path} holds {arr.dtype} values; class ids are integers ≥ 0")
     return _apply_merge(arr, card, path)
 
 
+def _present_ids(mask: np.ndarray) -> list[int]:
+    """The distinct values of a non-negative integer mask (a count per value: no sort)."""
+    return np.flatnonzero(np.bincount(mask.ravel())).tolist() if mask.size else []
+
+
 def _apply_merge(mask: np.ndarray, card: DatasetCard, path: Path) -> np.ndarray:
-    raw_ids = {int(v) for v in np.unique(mask)}
     if card.merge:
-        lut = np.arange(max(max(raw_ids) + 1, 256), dtype=np.int64)
+        lut = np.arange(max(max(_present_ids(mask), default=0) + 1, 256), dtype=np.int64)
         for src, dst in card.merge:
             lut[src] = dst
         mask = lut[mask]
-    bad = sorted(int(v) for v in np.unique(mask) if int(v) not in card.class_ids)
+    bad = [v for v in _present_ids(mask) if v not in card.class_ids]
     if bad:
         raise BenchError(
             f"mask {path} contains class id(s) {bad} not in the card {card.path.name} "
