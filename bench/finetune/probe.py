@@ -43,7 +43,7 @@ from bench.core.console import progress
 from bench.core.precision import Precision, resolve_precision
 from bench.data.cards import DatasetCard, ProtocolSpec
 from bench.data.images import LabeledImage
-from bench.finetune.inference import ProtocolResult, protocol_results
+from bench.finetune.inference import ProtocolResult, class_ids, protocol_results
 from bench.finetune.metrics import ConfusionMatrix
 from bench.finetune.train import EvalPoint, FinetuneResult
 from bench.models.inputs import normalize_uint8
@@ -240,7 +240,7 @@ class _EvalSet:
                 logits = F.interpolate(
                     head(feats), size=mask.shape, mode="bilinear", align_corners=False
                 )
-                cm.update(logits.argmax(1)[0].cpu().numpy(), mask)
+                cm.update(class_ids(logits)[0].cpu().numpy(), mask)
             matrices[size] = cm.matrix
         return protocol_results(matrices, card, self.protocols)
 
