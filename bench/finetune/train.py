@@ -24,6 +24,7 @@ from torch import nn
 
 from bench.core.compile import should_compile
 from bench.core.console import progress
+from bench.core.devices import fused_optimizer
 from bench.core.errors import BenchError
 from bench.core.precision import Precision, resolve_precision
 from bench.core.schedules import warmup_then
@@ -157,9 +158,9 @@ def _finite(value: float) -> float:
 
 class TrainStep:
     """One fine-tuning optimizer step: a batch of crops, forward at ``precision`` (default fp32;
-    the model already in its memory format), fp32 loss, backward, AdamW (fused on CUDA),
-    schedule. The submodules named in ``pretrained`` (``encoder``, ``decoder``) train at
-    ``cfg.pretrained_lr`` when it is set.
+    the model already in its memory format), fp32 loss, backward, AdamW (fused, as
+    ``bench.core.devices.fused_optimizer`` says), schedule. The submodules named in
+    ``pretrained`` (``encoder``, ``decoder``) train at ``cfg.pretrained_lr`` when it is set.
 
     Compiled (``bench.core.compile``), forward and loss run through ``torch.compile``; on CUDA, mode
     ``reduce-overhead``, i.e. CUDA graphs: a few-shot batch is launch-bound, and its shapes are
@@ -186,7 +187,7 @@ class TrainStep:
             param_groups(model, pretrained, cfg),
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
-            fused=device.type == "cuda",
+            fused=fused_optimizer(device),
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_then(cfg.schedule, cfg.warmup_steps, cfg.steps)

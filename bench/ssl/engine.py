@@ -36,6 +36,7 @@ import torch
 
 from bench.core.compile import should_compile
 from bench.core.console import progress
+from bench.core.devices import fused_optimizer
 from bench.core.errors import BenchError
 from bench.core.precision import Precision, resolve_precision
 from bench.core.provenance import collect_versions, config_hash
@@ -282,14 +283,16 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 def build_optimizer(cfg: PretrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The method's optimizer over the trainable parameters, fused where the device has it."""
     params = [p for p in model.parameters() if p.requires_grad]
+    fused = fused_optimizer(params[0].device)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused
         )
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def apply_step(
