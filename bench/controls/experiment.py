@@ -80,8 +80,8 @@ class Control:
         return not test.significant
 
 
-POOLS = {"structured": "structured", "noise": "noise", "noise repeat": "noise repeat"}
-"""The pretrained encoders, by the pool they are pretrained on."""
+POOLS = ("structured", "noise", "noise repeat")
+"""The pretrained encoders, each named by the pool it is pretrained on."""
 CONTROLS = (
     Control("positive", "structured", BASELINE, "better"),
     Control("structure", "structured", "noise", "better"),
@@ -122,10 +122,10 @@ def run_controls(
         "noise repeat": noise_pool(structured, cfg.noise, NOISE_SEED + 1),
     }
     encoders: dict[str, nn.Module] = {BASELINE: start}
-    for name, pool in POOLS.items():
-        announce(f"pretraining the {name} encoder ({len(pools[pool])} images)")
+    for name in POOLS:
+        announce(f"pretraining the {name} encoder ({len(pools[name])} images)")
         state = pretrain_supervised(
-            start, pools[pool], card.num_classes, cfg.pretrain, cfg.init_seed, f"pretrain {name}"
+            start, pools[name], card.num_classes, cfg.pretrain, cfg.init_seed, f"pretrain {name}"
         )
         encoder = build_encoder(cfg.encoder)
         load_strict(encoder, state, f"{cfg.encoder} encoder")

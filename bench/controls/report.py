@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from bench.controls.experiment import BASELINE, CONTROLS, POOLS, ControlsOutcome
+from bench.controls.experiment import BASELINE, CONTROLS, ControlsOutcome
 from bench.controls.pretrain import DESCRIPTION
 from bench.core.provenance import collect_versions
 
@@ -49,7 +49,7 @@ def describe(outcome: ControlsOutcome, encoder: str) -> str:
     """What an encoder of the outcome is, in words."""
     if encoder == BASELINE:
         return BASELINE
-    return f"{METHOD}, on {pool_label(outcome, POOLS[encoder])}"
+    return f"{METHOD}, on {pool_label(outcome, encoder)}"
 
 
 def pool_label(outcome: ControlsOutcome, pool: str) -> str:
