@@ -282,7 +282,7 @@ def run_one(
         for mode in run.config["modes"]:
             began = time.time()
             if mode == "finetune":
-                results[mode] = _finetune(run, env, encoder.weights, label, on_eval)
+                results[mode] = finetune_prepared(run, env, encoder.weights, label, on_eval)
             else:
                 results[mode] = _probe(run, env, encoder.weights, f"{label} probe")
             seconds[mode] = time.time() - began
@@ -328,13 +328,14 @@ def run_one(
     )
 
 
-def _finetune(
+def finetune_prepared(
     run: PreparedRun,
     env: RunEnv,
     weights: PretrainedWeights | None,
     label: str,
-    on_eval: Callable[[int, float], None] | None,
+    on_eval: Callable[[int, float], None] | None = None,
 ) -> FinetuneResult:
+    """The fine-tuning mode of a prepared run from ``weights`` (None: the baseline's own init)."""
     torch.manual_seed(run.config["seed"])
     model = build_segmenter(run.cfg.arch, run.cfg.encoder, run.card.num_classes, weights)
     return finetune(
