@@ -8,14 +8,34 @@ loading and ``data check`` accept exactly the same files.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from bench.core.cpus import cpu_count
 from bench.core.errors import BenchError
 from bench.data.cards import DatasetCard
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def decode_all(decode: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[decode(item) for item in items]`` on one thread per usable core: PIL's decoders and
+    zlib release the GIL, so files decode in parallel (155 MetalDAM PNGs: 1.31 s on one thread,
+    0.69 s on two, idle 2-core AMD EPYC). Order kept; the first item's error is raised."""
+    items = list(items)
+    workers = min(len(items), cpu_count())
+    if workers <= 1:
+        return [decode(item) for item in items]
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        return list(pool.map(decode, items))
 
 
 @dataclass(frozen=True)
@@ -123,15 +143,19 @@ def _stretch(arr: np.ndarray) -> np.ndarray:
 
 
 _NOTED: set[str] = set()
+_NOTED_LOCK = threading.Lock()
 
 
 def _note(card: DatasetCard | None, message: str) -> None:
-    """Print ``message`` once per process (one line per dataset and rule)."""
-    if message not in _NOTED:
+    """Print ``message`` once per process (one line per dataset and rule; decoding threads
+    included)."""
+    with _NOTED_LOCK:
+        if message in _NOTED:
+            return
         _NOTED.add(message)
-        from bench.core.console import error
+    from bench.core.console import error
 
-        error(message, label="note:")
+    error(message, label="note:")
 
 
 def read_mask(path: Path, card: DatasetCard) -> np.ndarray:

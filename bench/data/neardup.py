@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from bench.core.errors import BenchError
 from bench.data.cards import DatasetCard
 from bench.data.filecache import cached_array, file_key
+from bench.data.images import decode_all
 from bench.data.sources import FileSource
 
 THUMB = 64
@@ -168,7 +169,7 @@ def scan(items: list[Item], threshold: float = THRESHOLD) -> Scan:
     names = tuple(i.name for i in items)
     if len(items) < 2:
         return Scan(names, (), threshold, None, None)
-    thumbs = [_dihedral(thumbnail(i)) for i in items]
+    thumbs = [_dihedral(t) for t in decode_all(thumbnail, items)]
     flat = np.stack([t[0].ravel() for t in thumbs])  # (n, d)
     scores = np.full((len(items), len(items)), -np.inf, dtype=np.float32)
     best = np.zeros_like(scores, dtype=np.int64)

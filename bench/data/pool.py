@@ -20,7 +20,7 @@ import numpy as np
 from bench.core.errors import BenchError
 from bench.data.cards import DatasetCard
 from bench.data.filecache import files_digest
-from bench.data.images import read_gray
+from bench.data.images import decode_all, read_gray
 from bench.data.neardup import scan_card, unlabeled_name
 from bench.data.protocol import partition
 from bench.data.sources import FileSource, GeneratedSource, source_for
@@ -96,7 +96,9 @@ def load_pool(
     if card.unlabeled.from_split:
         return [item.image for item in source.labeled([n for n, _ in members])]  # layout rules
     crop = card.unlabeled.crop_bottom
-    return [np.ascontiguousarray(read_gray(path, card)[: -crop or None]) for _, path in members]
+    return decode_all(
+        lambda member: np.ascontiguousarray(read_gray(member[1], card)[: -crop or None]), members
+    )
 
 
 def pool_fingerprint(

@@ -24,7 +24,7 @@ import numpy as np
 
 from bench.core.errors import BenchError
 from bench.data.cards import CARDS_DIR, DatasetCard
-from bench.data.images import LabeledImage, fit_image_to_mask, read_gray, read_mask
+from bench.data.images import LabeledImage, decode_all, fit_image_to_mask, read_gray, read_mask
 from bench.data.synthetic import generate_labeled, generate_unlabeled
 
 DATA_ROOT_ENV = "BENCH_DATA_ROOT"
@@ -125,16 +125,14 @@ class FileSource(Source):
         return self.folder / self.card.layout.masks.format(stem=stem)
 
     def labeled(self, stems: list[str]) -> list[LabeledImage]:
-        pairs = []
-        for stem in stems:
-            image_path, mask_path = self.image_path(stem), self.mask_path(stem)
-            image, mask = read_gray(image_path, self.card), read_mask(mask_path, self.card)
-            pairs.append(
-                LabeledImage(
-                    stem, fit_image_to_mask(image, mask, self.card, image_path, mask_path), mask
-                )
-            )
-        return pairs
+        return decode_all(self._labeled_one, stems)
+
+    def _labeled_one(self, stem: str) -> LabeledImage:
+        image_path, mask_path = self.image_path(stem), self.mask_path(stem)
+        image, mask = read_gray(image_path, self.card), read_mask(mask_path, self.card)
+        return LabeledImage(
+            stem, fit_image_to_mask(image, mask, self.card, image_path, mask_path), mask
+        )
 
     def unlabeled_files(self) -> list[Path]:
         spec = self.card.unlabeled
@@ -150,10 +148,10 @@ class FileSource(Source):
 
     def unlabeled_images(self, limit: int | None = None) -> list[np.ndarray]:
         crop = self.card.unlabeled.crop_bottom if self.card.unlabeled else 0
-        return [
-            np.ascontiguousarray(read_gray(f, self.card)[: -crop or None])
-            for f in self.unlabeled_files()[:limit]
-        ]
+        return decode_all(
+            lambda f: np.ascontiguousarray(read_gray(f, self.card)[: -crop or None]),
+            self.unlabeled_files()[:limit],
+        )
 
     def presence(self) -> str:
         """``yes`` only when every file the card names is there (split lists, each listed image

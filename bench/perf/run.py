@@ -47,7 +47,8 @@ from typing import Any
 
 import torch
 
-from bench.core.devices import cpu_count, describe_device
+from bench.core.cpus import cpu_count
+from bench.core.devices import describe_device
 from bench.core.errors import BenchError
 from bench.core.precision import Precision, resolve_precision
 from bench.core.provenance import collect_versions, git_commit

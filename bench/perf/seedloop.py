@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import transforms as T
 
-from bench.core.devices import cpu_count
+from bench.core.cpus import cpu_count
 from bench.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 
 STAGE_CHANNELS = {

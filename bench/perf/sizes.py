@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.core.devices import cpu_count
+from bench.core.cpus import cpu_count
 
 PERF_PROFILES = ("smoke", "standard")
 

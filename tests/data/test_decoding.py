@@ -13,7 +13,7 @@ from PIL import Image
 from bench.core.errors import BenchError
 from bench.data.cards import LayoutSpec, parse_card
 from bench.data.check import check_dataset
-from bench.data.images import read_gray
+from bench.data.images import decode_all, read_gray
 from tests.data.test_neardup import CARD, _dataset
 
 
@@ -91,3 +91,16 @@ def test_check_decodes_every_file_as_loading_does(tmp_path: Path) -> None:
     problems = check_dataset(card, data)
     assert any(str(pool_file) in p and "cannot be read" in p for p in problems), problems
     assert any(str(mask) in p and "channels that differ" in p for p in problems), problems
+
+
+def test_files_decode_in_parallel_in_order_and_the_first_bad_file_is_named(tmp_path: Path):
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(np.full((4, 5), 40 * i, dtype=np.uint8)).save(paths[-1])
+    assert [int(a[0, 0]) for a in decode_all(read_gray, paths)] == [0, 40, 80, 120, 160, 200]
+    paths[4].write_bytes(b"not a png")
+    paths[2].write_bytes(b"")
+    with pytest.raises(BenchError, match="cannot be read") as info:
+        decode_all(read_gray, paths)
+    assert str(paths[2]) in str(info.value)  # the first bad file in order, not the first to fail
