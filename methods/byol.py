@@ -140,6 +140,7 @@ class BYOLModel(SSLModel):
         p1, p2 = self.forward_views(self.online, v1, v2)
         with torch.no_grad():
             z1, z2 = self.forward_views(self.target, v1, v2)
+        p1, p2, z1, z2 = p1.float(), p2.float(), z1.float(), z2.float()  # an fp32 loss
         return 0.5 * (self.criterion(p1, z2) + self.criterion(p2, z1))
 
     @torch.no_grad()

@@ -152,11 +152,11 @@ class DenseCLModel(SSLModel):
         with torch.no_grad():
             feat_k = self.key_encoder(view_k)[-1]
             k_global, k_dense = self._heads(feat_k, self.key_global_head, self.key_dense_head)
-            k_global = F.normalize(k_global, dim=-1)
-            k_pooled = F.normalize(k_dense.mean(dim=1), dim=-1)
-            k_dense = F.normalize(k_dense, dim=-1)
+            k_global = F.normalize(k_global.float(), dim=-1)
+            k_pooled = F.normalize(k_dense.mean(dim=1).float(), dim=-1)
+            k_dense = F.normalize(k_dense.float(), dim=-1)
         loss_global = queue_info_nce(
-            F.normalize(q_global, dim=-1),
+            F.normalize(q_global.float(), dim=-1),
             k_global,
             self.global_queue.keys.clone(),  # the push below must not change the graph's copy
             self.global_queue.ids.clone(),
@@ -165,7 +165,7 @@ class DenseCLModel(SSLModel):
         )
         cells = match_cells(feat_q.detach(), feat_k)
         loss_dense = queue_info_nce(
-            F.normalize(q_dense, dim=-1),
+            F.normalize(q_dense.float(), dim=-1),
             dense_positives(k_dense, cells),
             self.dense_queue.keys.clone(),
             self.dense_queue.ids.clone(),

@@ -356,7 +356,7 @@ def patch_contrast(
 ) -> torch.Tensor:
     """NT-Xent over cells: positive = same location in the other view, negatives = other classes."""
     p = cls.shape[0]
-    z = F.normalize(torch.cat([q, k]), dim=1)
+    z = F.normalize(torch.cat([q, k]).float(), dim=1)
     logits = fp32_matmul(z, z.T) / temperature
     logits = logits.masked_fill(~negative_mask(cls), -torch.inf)
     rows = torch.arange(2 * p, device=cls.device)

@@ -10,9 +10,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-ENGINE_VERSION = 2
-"""Bumped when the loop's semantics change (crop sampling, batch composition...); part of every
-pretraining's cache key, so an encoder from an older engine is never reused."""
+ENGINE_VERSION = 3
+"""Bumped when the loop's semantics change (crop sampling, batch composition...; 3: under bf16 the
+contrastive losses normalise the embeddings in float32); part of every pretraining's cache key, so
+an encoder from an older engine is never reused."""
 
 CROPS = ("working", "image")
 

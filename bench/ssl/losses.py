@@ -6,8 +6,11 @@ every row and leave same-image pairs out of the denominator: such a pair is neit
 a negative (the mechanism: mask, not cap the batch, so the batch size, BatchNorm statistics and
 cost per step stay the same on every dataset). With distinct ids they are the usual losses.
 
-Under bf16 autocast the similarity logits are still float32 (``fp32_matmul``): a bf16 cosine is
-good to ~3 digits, and divided by a temperature of 0.07 that error would reach the softmax.
+Under bf16 autocast the losses are float32 from the embeddings on: the embeddings are cast to
+float32 before they are L2-normalised (CPU autocast runs ``normalize`` in the input's dtype, and
+its backward, which removes the gradient's radial part, is a difference of near-equal terms), and
+the similarity logits are float32 products (``fp32_matmul``): a bf16 cosine is good to ~3 digits,
+and divided by a temperature of 0.07 that error would reach the softmax.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ def nt_xent(
     its negatives every view of an image with another id. ``ids`` None: all distinct (then this
     equals lightly's ``NTXentLoss``)."""
     n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
     logits = fp32_matmul(z, z.T) / temperature
     both = torch.arange(n, device=z.device) if ids is None else ids.to(z.device)
     both = torch.cat([both, both])
@@ -47,8 +50,9 @@ def queue_info_nce(
     """InfoNCE of each query (``q``, ``B×D``) against its key (``k``) and the queue's keys
     (``K×D``) of other images: queue entries whose id equals the query's are left out.
 
-    ``q``, ``k``, ``queue``: L2-normalised. ``q`` may be ``B×N×D`` (dense: every cell of image b
-    shares ``ids[b]``) with ``k`` its matched positives of the same shape.
+    ``q``, ``k``, ``queue``: L2-normalised, in float32 (normalised after a ``.float()``). ``q``
+    may be ``B×N×D`` (dense: every cell of image b shares ``ids[b]``) with ``k`` its matched
+    positives of the same shape.
     """
     pos = (q.float() * k.float()).sum(dim=-1, keepdim=True)
     neg = fp32_matmul(q, queue.T)
