@@ -1,12 +1,14 @@
 """Which stage's precision moves a score: pretraining and fine-tuning at fp32 and bf16, crossed.
 
     python -m bench.perf.precision_stages [--method matssl] [--dataset metaldam] [--shots 1]
-        [--draws 5] [--profile quick] [--data-root DIR] [--out FILE]
+        [--draws 5] [--profile quick] [--pretrain fp32,bf16] [--finetune fp32,bf16]
+        [--data-root DIR] [--out FILE]
 
-For every draw it pretrains the method's encoder once per precision (the two pretrainings share
-the run's seed, data and recipe; only the forward passes' precision differs) and fine-tunes each
-of the two encoders once per precision: four honest test scores per draw. It prints them, then
-three paired comparisons over the draws against the all-fp32 cell (``bench.controls.paired``: mean
+For every draw it pretrains the method's encoder once per precision (the pretrainings share the
+run's seed, data and recipe; only the forward passes' precision differs) and fine-tunes each
+encoder once per precision: four honest test scores per draw (``--pretrain`` and ``--finetune``
+choose the precisions of each stage). It prints them, then the paired comparisons over the draws
+against the all-fp32 cell, for the cells that were run (``bench.controls.paired``: mean
 difference, 95% t-interval, exact sign-flip p): bf16 pretraining alone, bf16 fine-tuning alone,
 both. Each is given at the validation-selected step (the reported score) and at the last step
 (no selection, so the checkpoint choice adds no noise). Nothing is stored; pretrainings go to a
@@ -35,14 +37,19 @@ CELLS = list(itertools.product(STAGE_PRECISIONS, STAGE_PRECISIONS))
 """(pretraining precision, fine-tuning precision)."""
 
 
-def draw_cells(spec: RunSpec, env: RunEnv) -> dict[str, dict[str, float]]:
-    """The four cells of one draw: ``"<pretrain>/<finetune>"`` → honest test mIoU (%) at the
+def draw_cells(
+    spec: RunSpec,
+    env: RunEnv,
+    pretrain: tuple[str, ...] = STAGE_PRECISIONS,
+    finetune: tuple[str, ...] = STAGE_PRECISIONS,
+) -> dict[str, dict[str, float]]:
+    """The cells of one draw: ``"<pretrain>/<finetune>"`` → honest test mIoU (%) at the
     validation-selected step (``selected``) and at the last step (``last``)."""
     run = prepare(spec, env)
     scores: dict[str, dict[str, float]] = {}
-    for pre in STAGE_PRECISIONS:
+    for pre in pretrain:
         encoder = encoder_for(run.method, dataclasses.replace(run.ctx, precision=pre))
-        for fine in STAGE_PRECISIONS:
+        for fine in finetune:
             cell_env = dataclasses.replace(env, precision=resolve_precision(fine, env.device))
             label = f"{spec.method} draw {spec.draw} pretrain {pre} fine-tune {fine}"
             result = finetune_prepared(run, cell_env, encoder.weights, label)
@@ -59,7 +66,7 @@ def comparison_lines(draws: list[dict[str, dict[str, float]]]) -> list[str]:
     for index, cells in enumerate(draws):
         row = ", ".join(f"{name} {v['selected']:.2f}/{v['last']:.2f}" for name, v in cells.items())
         lines.append(f"  draw {index}: {row}")
-    if len(draws) < 2:
+    if len(draws) < 2 or "fp32/fp32" not in draws[0]:
         return lines
     lines.append("paired against fp32/fp32 (percentage points; mean [95% CI], sign-flip p):")
     for name, label in (
@@ -67,6 +74,8 @@ def comparison_lines(draws: list[dict[str, dict[str, float]]]) -> list[str]:
         ("fp32/bf16", "bf16 fine-tuning"),
         ("bf16/bf16", "both bf16"),
     ):
+        if name not in draws[0]:
+            continue
         parts = []
         for at in ("selected", "last"):
             test = paired_test([d[name][at] for d in draws], [d["fp32/fp32"][at] for d in draws])
@@ -91,7 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", help="data root (default: BENCH_DATA_ROOT or datasets/)")
     parser.add_argument("--out", type=Path, help="also write the cells as JSON (after each draw)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
+    for stage in ("pretrain", "finetune"):
+        parser.add_argument(
+            f"--{stage}",
+            default="fp32,bf16",
+            help=f"comma list of the {stage} precisions to cross (default: fp32,bf16)",
+        )
     args = parser.parse_args(argv)
+    stages = {}
+    for stage in ("pretrain", "finetune"):
+        chosen = tuple(p.strip() for p in getattr(args, stage).split(",") if p.strip())
+        if not chosen or any(p not in STAGE_PRECISIONS for p in chosen):
+            parser.error(f"--{stage}: a comma list of fp32, bf16")
+        stages[stage] = chosen
     draws: list[dict[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="bench-precision-stages-") as cache:
         device = resolve_device(args.device)
@@ -100,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = RunSpec(
                 args.method, args.dataset, shots=args.shots, draw=draw, profile=args.profile
             )
-            draws.append(draw_cells(spec, env))
+            draws.append(draw_cells(spec, env, stages["pretrain"], stages["finetune"]))
             if args.out:
                 args.out.write_text(json.dumps(draws, indent=2) + "\n")
     print("\n".join(comparison_lines(draws)))

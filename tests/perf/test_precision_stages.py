@@ -31,3 +31,23 @@ def test_each_stage_is_compared_with_the_all_fp32_cell():
 def test_one_draw_has_no_comparison():
     lines = comparison_lines([_draw(20, -3, 0)])
     assert len(lines) == 2 and lines[1].startswith("  draw 0: fp32/fp32 20.00/19.00")
+
+
+def test_comparisons_need_their_cells():
+    only_pretraining = [
+        {k: v for k, v in _draw(b, -3, 0).items() if k.endswith("/fp32")} for b in (20, 25)
+    ]
+    lines = comparison_lines(only_pretraining)
+    assert lines[-1].startswith("  bf16 pretraining: selected -3.00 [")
+    assert not any("fine-tuning" in line or "both" in line for line in lines)
+
+
+def test_an_unknown_stage_precision_is_refused(capsys):
+    import pytest
+
+    from bench.perf.precision_stages import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--finetune", "fp16"])
+    assert exited.value.code == 2
+    assert "--finetune: a comma list of fp32, bf16" in capsys.readouterr().err
