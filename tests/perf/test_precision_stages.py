@@ -21,11 +21,12 @@ def test_each_stage_is_compared_with_the_all_fp32_cell():
         "  draw 0: fp32/fp32 20.00/19.00, fp32/bf16 20.50/19.50, "
         "bf16/fp32 17.00/16.00, bf16/bf16 17.50/16.50"
     )
-    pretrain, finetune, both = lines[5], lines[6], lines[7]
-    assert pretrain.startswith("  bf16 pretraining: selected -3.00 [-5.48, -0.52] p=0.250")
+    pretrain, pretrain_bf16, finetune, both = lines[5:9]
+    assert pretrain.startswith("  bf16/fp32 − fp32/fp32: selected -3.00 [-5.48, -0.52] p=0.250")
     assert "; last -3.00 [" in pretrain and pretrain.endswith("(n=3)")
-    assert finetune.startswith("  bf16 fine-tuning: selected +0.00 [")
-    assert both.startswith("  both bf16: selected -3.00 [")
+    assert pretrain_bf16.startswith("  bf16/bf16 − fp32/bf16: selected -3.00 [-5.48, -0.52]")
+    assert finetune.startswith("  fp32/bf16 − fp32/fp32: selected +0.00 [")
+    assert both.startswith("  bf16/bf16 − fp32/fp32: selected -3.00 [")
 
 
 def test_one_draw_has_no_comparison():
@@ -38,8 +39,8 @@ def test_comparisons_need_their_cells():
         {k: v for k, v in _draw(b, -3, 0).items() if k.endswith("/fp32")} for b in (20, 25)
     ]
     lines = comparison_lines(only_pretraining)
-    assert lines[-1].startswith("  bf16 pretraining: selected -3.00 [")
-    assert not any("fine-tuning" in line or "both" in line for line in lines)
+    assert lines[-1].startswith("  bf16/fp32 − fp32/fp32: selected -3.00 [")
+    assert sum("−" in line for line in lines) == 1
 
 
 def test_an_unknown_stage_precision_is_refused(capsys):
