@@ -53,6 +53,18 @@ class Precision:
         """``module`` in the memory format of this precision (channels_last for bf16)."""
         return module.to(memory_format=torch.channels_last) if self.bf16 else module
 
+    def frozen(self, module: nn.Module) -> nn.Module:
+        """A frozen ``module`` (no gradients) with its convolution and linear weights and biases
+        stored in bf16 under ``bf16``: what autocast casts them to on every pass, made once
+        (autocast caches its casts only for weights that require gradients). Equal outputs under
+        autocast; call it only there. ``fp32``: unchanged."""
+        if self.bf16:
+            for layer in module.modules():
+                if isinstance(layer, nn.Conv2d | nn.Linear):
+                    for param in layer.parameters(recurse=False):
+                        param.data = param.data.to(torch.bfloat16)
+        return module
+
     def input(self, x: torch.Tensor) -> torch.Tensor:
         """A 4-D network input in the memory format of this precision."""
         if self.bf16 and x.dim() == 4:

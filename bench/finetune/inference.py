@@ -144,19 +144,38 @@ def evaluate(
     is a key of ``keep`` are stored there. ``working``: the working scale's resize (``predict``).
     """
     matrices: dict[tuple[int, int] | None, np.ndarray] = {}
-    for size in dict.fromkeys(p.resize for p in protocols):
-        cm = ConfusionMatrix(card.num_classes)
-        for item in images:
-            if size is None:
-                pred = predict(model, item.image, device, tile, None, working, precision)
-                if keep is not None and item.stem in keep:
-                    keep[item.stem] = pred
-                cm.update(pred, item.mask)
-            else:
-                pred = predict(model, item.image, device, 0, size, None, precision)
-                cm.update(pred, resize_mask(item.mask, size))
-        matrices[size] = cm.matrix
+    precision = precision or resolve_precision("fp32", device)
+    with precision.autocast():  # one region: bf16 weight copies are made once, not per image
+        for size in dict.fromkeys(p.resize for p in protocols):
+            matrices[size] = _confusion(
+                model, images, card, size, device, tile, keep, working, precision
+            )
     return protocol_results(matrices, card, protocols)
+
+
+def _confusion(
+    model: nn.Module,
+    images: list[LabeledImage],
+    card: DatasetCard,
+    size: tuple[int, int] | None,
+    device: torch.device,
+    tile: int,
+    keep: dict[str, np.ndarray] | None,
+    working: tuple[int, int] | None,
+    precision: Precision,
+) -> np.ndarray:
+    """The confusion matrix of ``images`` predicted at ``size`` (None: native resolution)."""
+    cm = ConfusionMatrix(card.num_classes)
+    for item in images:
+        if size is None:
+            pred = predict(model, item.image, device, tile, None, working, precision)
+            if keep is not None and item.stem in keep:
+                keep[item.stem] = pred
+            cm.update(pred, item.mask)
+        else:
+            pred = predict(model, item.image, device, 0, size, None, precision)
+            cm.update(pred, resize_mask(item.mask, size))
+    return cm.matrix
 
 
 def protocol_results(

@@ -110,7 +110,8 @@ def recalibrated(
     precision: Precision | None = None,
 ) -> nn.Module:
     """A frozen copy of ``encoder`` whose BatchNorm statistics are averaged over the shots (the
-    copy in ``precision``'s memory format, its passes at that precision; default fp32)."""
+    copy in ``precision``'s memory format, its passes at that precision, default fp32; under bf16
+    its matrix weights are stored in bf16, ``Precision.frozen``)."""
     precision = precision or resolve_precision("fp32", device)
     frozen = precision.model(copy.deepcopy(encoder).to(device))
     for module in frozen.modules():
@@ -124,7 +125,7 @@ def recalibrated(
     frozen.eval()
     for p in frozen.parameters():
         p.requires_grad_(False)
-    return frozen
+    return precision.frozen(frozen)
 
 
 @torch.no_grad()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import segmentation_models_pytorch as smp
 import torch
@@ -14,7 +16,12 @@ from sqlalchemy import create_engine, text
 from bench.core import precision as prec
 from bench.core.errors import BenchError
 from bench.core.precision import cpuinfo_flags, fp32_matmul, resolve_precision
-from bench.finetune.inference import forward_logits
+from bench.data.cards import load_card
+from bench.data.images import LabeledImage
+from bench.data.synthetic import generate_labeled
+from bench.finetune.inference import evaluate, forward_logits, predict
+from bench.models.encoders import build_encoder
+from bench.models.segmenter import build_segmenter
 
 CPU = torch.device("cpu")
 CPUINFO = "processor\t: {i}\nmodel name\t: Test CPU\nflags\t\t: {flags}\n\n"
@@ -90,6 +97,37 @@ def test_forward_logits_runs_the_network_in_bf16_and_returns_fp32():
     assert seen == [torch.bfloat16, torch.float32]
     assert low.dtype == full.dtype == torch.float32
     assert (low.argmax(1) == full.argmax(1)).float().mean() > 0.9
+
+
+def test_a_frozen_encoder_keeps_bf16_weights_with_equal_outputs_under_autocast():
+    bf16, fp32 = resolve_precision("bf16", CPU), resolve_precision("fp32", CPU)
+    encoder = bf16.model(build_encoder("resnet18")).eval().requires_grad_(False)
+    frozen = bf16.frozen(copy.deepcopy(encoder))
+    assert frozen.conv1.weight.dtype == torch.bfloat16
+    assert frozen.bn1.weight.dtype == torch.float32  # BatchNorm keeps its fp32 parameters
+    x = bf16.input(torch.randn(1, 3, 96, 128))
+    with torch.no_grad(), bf16.autocast():
+        expected, got = encoder(x), frozen(x)
+    assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+    assert fp32.frozen(encoder).conv1.weight.dtype == torch.float32
+
+
+def test_one_autocast_region_evaluates_like_one_region_per_image():
+    """``evaluate`` enters autocast once for a whole image set (bf16 weight copies made once);
+    its predictions equal those of ``predict`` image by image, each in its own region."""
+    card = load_card("synthetic")
+    images = [
+        LabeledImage(f"s{i}", image, mask)
+        for i, (image, mask) in enumerate(generate_labeled(3, (96, 160), seed=2))
+    ]
+    torch.manual_seed(0)
+    bf16 = resolve_precision("bf16", CPU)
+    model = bf16.model(build_segmenter("unet", "resnet18", card.num_classes, None)).eval()
+    kept = {item.stem: None for item in images}
+    evaluate(model, images, card, card.all_protocols()[:1], CPU, 0, kept, None, bf16)
+    for item in images:
+        alone = predict(model, item.image, CPU, 0, None, None, bf16)
+        assert np.array_equal(kept[item.stem], alone)
 
 
 def test_contrastive_similarities_stay_fp32_under_autocast():
