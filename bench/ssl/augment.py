@@ -1,7 +1,8 @@
 """Batched view augmentation on the training device (GPU when present).
 
 The unlabeled pool lives on the device as one padded uint8 tensor at the working scale; a batch of
-views is cut out with one ``roi_align`` call (random resized crops, each sample its own box), then
+views is cut out with one ``roi_align`` call (random resized crops, each sample its own box; on a
+CPU from windows around the boxes, ``crop_resize``), then
 flips, 90° rotations, brightness/contrast jitter, Gaussian blur and solarisation are applied per
 sample on the whole batch. No PIL, no worker processes. ``ViewBatch`` keeps each sample's crop box,
 flips and rotation so dense methods can map feature cells between views.
@@ -171,21 +172,52 @@ def _uniform(
     return low + (high - low) * draw
 
 
+WINDOW_MARGIN = 2
+"""Pixels around each box in its window: more than bilinear sampling reads beyond a box."""
+
+
 def crop_resize(
     pool: ImagePool, index: torch.Tensor, boxes: torch.Tensor, size: int
 ) -> torch.Tensor:
     """Crop each box from its image and resize it to ``size²``; 0..1 floats.
 
     Bilinear samples at pixel centres, as many per output pixel as the box is larger than the
-    output (adaptive ``roi_align``), so downscaling averages instead of aliasing.
+    output (adaptive ``roi_align``), so downscaling averages instead of aliasing. On a CPU only a
+    window around the boxes (``box_windows``) is converted to float, not every whole image:
+    converting 16 padded MetalDAM images per batch was 1.6 of the 10 s a MatSSL quick pretraining
+    takes. The windowed sampling equals the whole-image one up to float rounding of the sample
+    positions. On a GPU the conversion is cheap and the shapes stay data-independent.
     """
-    source = pool.data[index].float().div_(255.0)
+    if pool.data.device.type == "cpu":
+        windows, boxes = box_windows(pool.data, index, boxes)
+    else:
+        windows = pool.data[index]
+    source = windows.float().div_(255.0)
     rois = torch.cat(
         [torch.arange(len(index), device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1
     )
     return roi_align(
         source, rois, output_size=size, spatial_scale=1.0, sampling_ratio=0, aligned=True
     )
+
+
+def box_windows(
+    data: torch.Tensor, index: torch.Tensor, boxes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same-sized ``B×1×h×w`` windows of ``data[index]`` that hold each whole-pixel box with
+    ``WINDOW_MARGIN`` pixels around it (fewer at an image's edge, where the window ends with
+    the image), and the boxes in window coordinates."""
+    height, width = data.shape[-2:]
+    low = (boxes[:, :2] - WINDOW_MARGIN).clamp(min=0).floor()  # x, y
+    span = ((boxes[:, 2:] + WINDOW_MARGIN).ceil() - low).amax(dim=0)
+    w, h = min(int(span[0]), width), min(int(span[1]), height)
+    left = low[:, 0].clamp(max=width - w).long()
+    top = low[:, 1].clamp(max=height - h).long()
+    rows = top[:, None] + torch.arange(h, device=data.device)
+    cols = left[:, None] + torch.arange(w, device=data.device)
+    windows = data[index[:, None, None], 0, rows[:, :, None], cols[:, None, :]][:, None]
+    shift = torch.stack([left, top, left, top], dim=1).to(boxes.dtype)
+    return windows, boxes - shift
 
 
 def flip_rotate(

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import ks_2samp
+from torchvision.ops import roi_align
 from torchvision.transforms import ColorJitter, RandomResizedCrop
 
 from bench.ssl.augment import (
     ImagePool,
     ViewConfig,
+    crop_resize,
     jitter,
     make_views,
     sample_boxes,
@@ -87,6 +89,27 @@ def test_crop_and_flip_reproduce_the_source_pixels():
     gray = views.images[0, 0] * 0.229 + 0.485
     expected = torch.from_numpy(image[:, ::-1].copy()).float() / 255
     torch.testing.assert_close(gray, expected, atol=2e-3, rtol=0)
+
+
+def test_crops_from_windows_equal_crops_from_whole_images():
+    """The CPU path converts only windows around the boxes; its views equal roi_align on the
+    whole float images up to rounding, boxes at the images' edges and corners included."""
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((90, 130), (120, 160))]
+    pool = ImagePool(images, torch.device("cpu"))
+    boxes = torch.tensor(
+        [[0, 0, 37, 41], [93, 79, 130, 90], [3, 5, 160, 120], [61, 0, 99, 57], [0, 70, 45, 120]],
+        dtype=torch.float32,
+    )
+    index = torch.tensor([0, 0, 1, 1, 1])
+    whole = pool.data[index].float() / 255
+    rois = torch.cat([torch.arange(5, dtype=torch.float32)[:, None], boxes], dim=1)
+    expected = roi_align(
+        whole, rois, output_size=24, spatial_scale=1.0, sampling_ratio=0, aligned=True
+    )
+    got = crop_resize(pool, index, boxes, 24)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert not torch.equal(got[0], got[1])
 
 
 @pytest.mark.parametrize("scale", [(0.08, 1.0), (0.2, 1.0), (0.5, 1.0)])
