@@ -2,17 +2,20 @@
 
     python -m bench.perf.precision_stages [--method matssl] [--dataset metaldam] [--shots 1]
         [--draws 5] [--profile quick] [--pretrain fp32,bf16] [--finetune fp32,bf16]
-        [--data-root DIR] [--out FILE]
+        [--seed-per-draw] [--data-root DIR] [--out FILE]
 
-For every draw it pretrains the method's encoder once per precision (the pretrainings share the
-run's seed, data and recipe; only the forward passes' precision differs) and fine-tunes each
+For every draw it pretrains the method's encoder once per precision (the two share the run's
+seed, data and recipe; only the forward passes' precision differs) and fine-tunes each
 encoder once per precision: four honest test scores per draw (``--pretrain`` and ``--finetune``
 choose the precisions of each stage). It prints them, then the paired comparisons over the draws
 (``COMPARISONS``: bf16 pretraining under either fine-tuning, bf16 fine-tuning, both) for the
 cells that were run (``bench.controls.paired``: mean difference, 95% t-interval, exact sign-flip
 p), each at the validation-selected step (the reported score) and at the last step (no
-selection, so the checkpoint choice adds no noise). Nothing is stored; pretrainings go to a
-temporary cache. A measurement, not a test: minutes per draw on a CPU.
+selection, so the checkpoint choice adds no noise). A method that does not use the labels
+pretrains once per precision and seed, so with one seed (the default) the draws vary only the
+shots and a pretraining difference is one pair of encoders seen through several draws;
+``--seed-per-draw`` (run seed = draw) gives every draw its own pretrainings. Nothing is stored;
+pretrainings go to a temporary cache. A measurement, not a test: minutes per draw on a CPU.
 """
 
 from __future__ import annotations
@@ -103,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", help="data root (default: BENCH_DATA_ROOT or datasets/)")
     parser.add_argument("--out", type=Path, help="also write the cells as JSON (after each draw)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
+    parser.add_argument(
+        "--seed-per-draw",
+        action="store_true",
+        help="run seed = draw: every draw its own pretrainings (default: seed 0, so a method "
+        "that does not use the labels pretrains once per precision for all draws)",
+    )
     for stage in ("pretrain", "finetune"):
         parser.add_argument(
             f"--{stage}",
@@ -122,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         env = RunEnv(resolve_data_root(args.data_root), None, device, Path(cache))
         for draw in range(args.draws):
             spec = RunSpec(
-                args.method, args.dataset, shots=args.shots, draw=draw, profile=args.profile
+                args.method,
+                args.dataset,
+                shots=args.shots,
+                draw=draw,
+                profile=args.profile,
+                seed=draw if args.seed_per_draw else 0,
             )
             draws.append(draw_cells(spec, env, stages["pretrain"], stages["finetune"]))
             if args.out:
