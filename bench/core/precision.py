@@ -76,6 +76,15 @@ class Precision:
         return {"precision": self.name, "reason": self.reason}
 
 
+def precision_list(text: str, allowed: tuple[str, ...] = PRECISIONS) -> tuple[str, ...]:
+    """The names of a comma list such as ``fp32,bf16``; a ValueError naming the choices when it
+    is empty or names one outside ``allowed``."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names or any(name not in allowed for name in names):
+        raise ValueError(f"a comma list of {', '.join(allowed)}")
+    return names
+
+
 def resolve_precision(name: str, device: torch.device) -> Precision:
     """``--precision name`` on ``device``; ``bf16`` on a GPU without bf16 is a BenchError (a CPU
     without bf16 units runs it correctly but emulated, slower than fp32)."""

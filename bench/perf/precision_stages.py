@@ -30,7 +30,7 @@ from pathlib import Path
 
 from bench.controls.paired import paired_test
 from bench.core.devices import resolve_device
-from bench.core.precision import resolve_precision
+from bench.core.precision import precision_list, resolve_precision
 from bench.data.sources import resolve_data_root
 from bench.runner import RunEnv, RunSpec, finetune_prepared, prepare
 from bench.ssl.engine import encoder_for
@@ -121,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stages = {}
     for stage in ("pretrain", "finetune"):
-        chosen = tuple(p.strip() for p in getattr(args, stage).split(",") if p.strip())
-        if not chosen or any(p not in STAGE_PRECISIONS for p in chosen):
-            parser.error(f"--{stage}: a comma list of fp32, bf16")
-        stages[stage] = chosen
+        try:
+            stages[stage] = precision_list(getattr(args, stage), STAGE_PRECISIONS)
+        except ValueError as exc:
+            parser.error(f"--{stage}: {exc}")
     draws: list[dict[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="bench-precision-stages-") as cache:
         device = resolve_device(args.device)

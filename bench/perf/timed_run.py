@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.core.precision import PRECISIONS
+from bench.core.precision import precision_list
 from bench.results.store import ResultStore
 
 
@@ -144,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("run_args", nargs="*", help="arguments of `bench run` (after --)")
     args = parser.parse_args(argv)
-    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    if not precisions or any(p not in PRECISIONS for p in precisions):
-        parser.error(f"--precision: a comma list of {', '.join(PRECISIONS)}")
+    try:
+        precisions = precision_list(args.precision)
+    except ValueError as exc:
+        parser.error(f"--precision: {exc}")
     records = []
     for precision in precisions:
         with tempfile.TemporaryDirectory(prefix="bench-timed-run-") as folder:
