@@ -20,7 +20,6 @@ import numpy as np
 from bench.core.errors import BenchError
 from bench.data.cards import DatasetCard
 from bench.data.filecache import files_digest
-from bench.data.images import decode_all, read_gray
 from bench.data.neardup import scan_card, unlabeled_name
 from bench.data.protocol import partition
 from bench.data.sources import FileSource, GeneratedSource, source_for
@@ -95,10 +94,8 @@ def load_pool(
     members = pool_members(card, data_root, split, mode)[:limit]
     if card.unlabeled.from_split:
         return [item.image for item in source.labeled([n for n, _ in members])]  # layout rules
-    crop = card.unlabeled.crop_bottom
-    return decode_all(
-        lambda member: np.ascontiguousarray(read_gray(member[1], card)[: -crop or None]), members
-    )
+    assert isinstance(source, FileSource)
+    return source.read_unlabeled([path for _, path in members])
 
 
 def pool_fingerprint(

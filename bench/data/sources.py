@@ -147,10 +147,14 @@ class FileSource(Source):
         return files
 
     def unlabeled_images(self, limit: int | None = None) -> list[np.ndarray]:
+        return self.read_unlabeled(self.unlabeled_files()[:limit])
+
+    def read_unlabeled(self, files: list[Path]) -> list[np.ndarray]:
+        """Unlabeled ``files`` as uint8 grayscale images, the instrument band
+        (``[unlabeled] crop_bottom``) cut off."""
         crop = self.card.unlabeled.crop_bottom if self.card.unlabeled else 0
         return decode_all(
-            lambda f: np.ascontiguousarray(read_gray(f, self.card)[: -crop or None]),
-            self.unlabeled_files()[:limit],
+            lambda f: np.ascontiguousarray(read_gray(f, self.card)[: -crop or None]), files
         )
 
     def presence(self) -> str:
