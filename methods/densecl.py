@@ -42,13 +42,13 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from lightly.models.modules import DenseCLProjectionHead
 from lightly.models.utils import deactivate_requires_grad, most_similar_index, update_momentum
 from optuna.distributions import FloatDistribution
 from torch import nn
 
 from bench.core.errors import BenchError
+from bench.core.precision import fp32_normalize
 from bench.models.encoders import encoder_channels
 from bench.ssl.augment import ImagePool, ViewConfig, make_views, sized
 from bench.ssl.base import SSLMethod, SSLModel
@@ -152,11 +152,11 @@ class DenseCLModel(SSLModel):
         with torch.no_grad():
             feat_k = self.key_encoder(view_k)[-1]
             k_global, k_dense = self._heads(feat_k, self.key_global_head, self.key_dense_head)
-            k_global = F.normalize(k_global.float(), dim=-1)
-            k_pooled = F.normalize(k_dense.mean(dim=1).float(), dim=-1)
-            k_dense = F.normalize(k_dense.float(), dim=-1)
+            k_global = fp32_normalize(k_global)
+            k_pooled = fp32_normalize(k_dense.mean(dim=1))
+            k_dense = fp32_normalize(k_dense)
         loss_global = queue_info_nce(
-            F.normalize(q_global.float(), dim=-1),
+            fp32_normalize(q_global),
             k_global,
             self.global_queue.keys.clone(),  # the push below must not change the graph's copy
             self.global_queue.ids.clone(),
@@ -165,7 +165,7 @@ class DenseCLModel(SSLModel):
         )
         cells = match_cells(feat_q.detach(), feat_k)
         loss_dense = queue_info_nce(
-            F.normalize(q_dense.float(), dim=-1),
+            fp32_normalize(q_dense),
             dense_positives(k_dense, cells),
             self.dense_queue.keys.clone(),
             self.dense_queue.ids.clone(),

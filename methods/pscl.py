@@ -80,7 +80,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from bench.core.errors import BenchError
-from bench.core.precision import fp32_matmul
+from bench.core.precision import fp32_matmul, fp32_normalize
 from bench.data.images import LabeledImage
 from bench.models.scale import labeled_at_scale
 from bench.models.segmenter import PretrainedWeights, create_segmenter
@@ -356,7 +356,7 @@ def patch_contrast(
 ) -> torch.Tensor:
     """NT-Xent over cells: positive = same location in the other view, negatives = other classes."""
     p = cls.shape[0]
-    z = F.normalize(torch.cat([q, k]).float(), dim=1)
+    z = fp32_normalize(torch.cat([q, k]), dim=1)
     logits = fp32_matmul(z, z.T) / temperature
     logits = logits.masked_fill(~negative_mask(cls), -torch.inf)
     rows = torch.arange(2 * p, device=cls.device)
@@ -562,8 +562,8 @@ class PSCLModel(SSLModel):
         img = img + n_u
         if n_u > 0 and len(cls) > 0:
             with torch.no_grad(), torch.autocast(z2.device.type, enabled=False):
-                templates = F.normalize(z2[img, cell].detach().float(), dim=1)
-                feats = F.normalize(z2[:n_u].detach().float(), dim=2)
+                templates = fp32_normalize(z2[img, cell].detach(), dim=1)
+                feats = fp32_normalize(z2[:n_u].detach(), dim=2)
                 sim = torch.einsum("bnd,md->bmn", feats, templates)
                 sim = sim.masked_fill(~keep[:n_u, None, :], -torch.inf)
                 assign = match_templates(sim)

@@ -140,6 +140,12 @@ def cpuinfo_flags(path: Path) -> set[str] | None:
     return set.intersection(*per_cpu) if per_cpu else None
 
 
+def fp32_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``x`` L2-normalised along ``dim`` in float32 whatever its dtype: CPU autocast would run the
+    normalisation and its backward (a difference of near-equal terms) in the input's bf16."""
+    return torch.nn.functional.normalize(x.float(), dim=dim)
+
+
 def fp32_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` in float32 even under autocast: similarity logits of contrastive losses."""
     with torch.autocast(a.device.type, enabled=False):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bench.core.precision import fp32_matmul
+from bench.core.precision import fp32_matmul, fp32_normalize
 
 
 def nt_xent(
@@ -28,7 +28,7 @@ def nt_xent(
     its negatives every view of an image with another id. ``ids`` None: all distinct (then this
     equals lightly's ``NTXentLoss``)."""
     n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    z = fp32_normalize(torch.cat([z1, z2]), dim=1)
     logits = fp32_matmul(z, z.T) / temperature
     both = torch.arange(n, device=z.device) if ids is None else ids.to(z.device)
     both = torch.cat([both, both])
